@@ -1,0 +1,761 @@
+"""The :class:`App`: start servers concurrently, stop them in bounded, ordered, reported phases.
+
+Start: validate, resources, ``before_start``, servers (by ``depends_on``,
+concurrently otherwise), register, ready, ``after_start``. Any failure stops
+what already started, in reverse.
+
+Stop: ``not_ready``, ``before_stop``, ``deregister``, ``drain``,
+``stop_servers``, ``tasks``, ``after_stop``, ``resources``; each bounded, all
+of it by ``stop_timeout``, with a reserve kept so that ``after_stop`` and
+``resources`` always run. A second signal forces the end at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+from quiesce import ordering
+from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
+from quiesce.hooks import Hook, run_hooks
+from quiesce.phases import Deadline, Outcome, PhaseRecord, State
+from quiesce.phases import Sequence as Steps
+from quiesce.registry import Instance, Registry, from_url
+from quiesce.report import ExitCode, Report
+from quiesce.resources import Resource
+from quiesce.servers import Server
+from quiesce.signals import SignalScope, hard_exit
+from quiesce.tasks import Guard, PeriodicJob, TaskTracker
+
+__all__ = ["App", "AppInfo", "LifecycleEvent"]
+
+logger = logging.getLogger("quiesce.lifecycle")
+T = TypeVar("T")
+H = TypeVar("H", bound=Hook)
+
+#: Kubernetes' default terminationGracePeriodSeconds: a larger stop budget gets a warning.
+KUBERNETES_GRACE = 30.0
+#: After a second signal, how long the forced end may take to stop servers and close resources.
+FORCE_GRACE = 0.3
+#: Extra time a server's stop() gets beyond its own timeout to cancel and close what is left.
+SERVER_STOP_MARGIN = 0.25
+#: How long the watchdog waits past ``stop_timeout`` for a blocked loop before it exits the process.
+WATCHDOG_MARGIN = 2.0
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """Who this instance is (Kratos' ``AppInfo``); endpoints fill in once servers are bound."""
+
+    id: str
+    name: str
+    version: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    endpoints: tuple[str, ...] = ()
+
+
+class LifecycleEvent(asyncio.Event):
+    """An :class:`asyncio.Event` that can also be awaited directly: ``await app.stopping``."""
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+
+class _StartFailed(Exception):
+    """Internal: the start failed; the message is the one line for the user."""
+
+
+class App:
+    """A service: its servers, resources, hooks and tracked work, run as one lifecycle.
+
+    Args:
+        name: the service name (registry key, logs, report).
+        version: the service version, registered with the instance.
+        id: the instance id; default ``<host>-<pid>-<random>``.
+        metadata: free-form labels registered with the instance.
+        servers: :class:`~quiesce.Server` objects; more can be added with :meth:`add_server`.
+        registry: None (no registration), a URL, or a :class:`~quiesce.registry.Registry`.
+        signals: the stop signals; the first stops, a second one forces the end.
+        drain_delay: seconds to keep serving after deregistering and going not-ready.
+        stop_timeout: the whole stop's budget; the hard end.
+        start_timeout: the whole start's budget.
+        hook_timeout: each hook's own timeout.
+        server_stop_timeout: default stop timeout of a server without its own
+            ``stop_timeout`` (None: whatever is left of the stop budget).
+        cleanup_reserve: seconds of ``stop_timeout`` kept for ``after_stop`` and
+            ``resources`` (default: a fifth of ``stop_timeout``, at most 5 s).
+        cancel_grace: seconds cancelled tasks get to unwind when the deadline cuts them.
+        registry_timeout: bound on each registry call at start and at stop.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str = "0.0.0",
+        id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        servers: Iterable[Server] = (),
+        registry: str | Registry | None = None,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        drain_delay: float = 0.0,
+        stop_timeout: float = 30.0,
+        start_timeout: float = 30.0,
+        hook_timeout: float = 10.0,
+        server_stop_timeout: float | None = None,
+        cleanup_reserve: float | None = None,
+        cancel_grace: float = 0.5,
+        registry_timeout: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.id = id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.metadata = dict(metadata or {})
+        self.servers: list[Server] = list(servers)
+        self.registry = registry
+        self.signals = tuple(signals)
+        self.drain_delay = drain_delay
+        self.stop_timeout = stop_timeout
+        self.start_timeout = start_timeout
+        self.hook_timeout = hook_timeout
+        self.server_stop_timeout = server_stop_timeout
+        self.cleanup_reserve = (
+            min(5.0, stop_timeout / 5) if cleanup_reserve is None else cleanup_reserve
+        )
+        self.cancel_grace = cancel_grace
+        self.registry_timeout = registry_timeout
+
+        #: Set when the stop begins; long-lived handlers wait on it to finish cleanly.
+        self.stopping = LifecycleEvent()
+        #: Set when the stop has finished and the report is final.
+        self.stopped = LifecycleEvent()
+        #: The run's report, filled in as the run goes; final once :attr:`stopped` is set.
+        self.report = Report(app=name, id=self.id)
+        self.state = State.CREATED
+
+        self._hooks: dict[str, list[Hook]] = {
+            "before_start": [],
+            "after_start": [],
+            "before_stop": [],
+            "after_stop": [],
+        }
+        self._resources: list[Resource[Any]] = []
+        self._tracker = TaskTracker()
+        self._registry: Registry | None = None
+        self._instance: Instance | None = None
+        self._started: list[Server] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._ran: set[str] = set()  # hook groups and steps that have begun
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._force_requested: asyncio.Event | None = None
+        self._early_stop: str | None = None
+        self._crashed = False
+        self._owns_process = False
+
+    # -- declaring the service -------------------------------------------------
+
+    def add_server(self, server: Server) -> Server:
+        """Add a server before the start; returns it."""
+        self._check_not_started("add_server")
+        self.servers.append(server)
+        return server
+
+    def resource(
+        self, factory: Any, *, name: str | None = None, depends_on: Sequence[str] = ()
+    ) -> Resource[Any]:
+        """Declare a resource entered at start, before the servers, and closed last (LIFO).
+
+        ``factory`` is an async (or sync) context manager, an async generator
+        function, or a callable returning one. Resources are entered in
+        declaration order, after those they ``depends_on``, and closed in
+        reverse after the servers and the ``after_stop`` hooks. Returns a
+        handle whose ``.value`` is what entering produced.
+        """
+        self._check_not_started("resource")
+        res: Resource[Any] = Resource(factory, name=name, depends_on=depends_on)
+        self._resources.append(res)
+        return res
+
+    def before_start(self, fn: H) -> H:
+        """Decorator: run ``fn`` after resources, before servers start; failing fails the start."""
+        self._hooks["before_start"].append(fn)
+        return fn
+
+    def after_start(self, fn: H) -> H:
+        """Decorator: run ``fn`` once every server is ready (and registered)."""
+        self._hooks["after_start"].append(fn)
+        return fn
+
+    def before_stop(self, fn: H) -> H:
+        """Decorator: run ``fn`` as the stop begins, before deregistration (go-zero's wrap-up)."""
+        self._hooks["before_stop"].append(fn)
+        return fn
+
+    def after_stop(self, fn: H) -> H:
+        """Decorator: run ``fn`` after servers and tasks stopped, before resources close."""
+        self._hooks["after_stop"].append(fn)
+        return fn
+
+    # -- tracked work ----------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        """Run ``coro`` as a background task that the stop waits for (the ``tasks`` phase).
+
+        Call it from the app's event loop. At the deadline the task is
+        cancelled and the report names it with its stack and spawn site.
+
+        Raises:
+            StoppedError: the ``tasks`` phase of the stop has ended.
+
+        """
+        return self._tracker.spawn(coro, name, depth=2)
+
+    def guard(self, name: str | None = None) -> Guard:
+        """A critical section the stop waits for: ``async with app.guard():`` (``with`` in threads).
+
+        Raises:
+            StoppedError: on entry, once the ``tasks`` phase of the stop has ended.
+
+        """
+        if name is None:
+            caller = sys._getframe(1)
+            name = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+        return self._tracker.guard(name)
+
+    def every(
+        self, seconds: float, fn: Callable[[], Any], *, name: str | None = None
+    ) -> PeriodicJob:
+        """Run ``fn`` (sync or async) every ``seconds`` once the app is ready.
+
+        At the stop a running iteration finishes (bounded by the stop budget)
+        and no new one starts.
+
+        Raises:
+            ConfigError: ``seconds`` is not positive.
+
+        """
+        if seconds <= 0:
+            raise ConfigError(f"every({seconds!r}, ...): the period must be positive")
+        return self._tracker.every(seconds, fn, name)
+
+    # -- identity --------------------------------------------------------------
+
+    @property
+    def info(self) -> AppInfo:
+        """The instance: id, name, version, metadata and the endpoints of started servers."""
+        endpoints = tuple(ep for s in self._started for ep in s.endpoints())
+        return AppInfo(self.id, self.name, self.version, dict(self.metadata), endpoints)
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> NoReturn:
+        """Run the app in a new event loop (uvloop when installed), then exit the process.
+
+        Exit codes: 0 clean stop, 1 failed start or crashed server, 2 bad
+        configuration, 3 incomplete stop (see :class:`~quiesce.report.ExitCode`).
+        """
+        _configure_logging()
+        self._owns_process = True
+        loop = _new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            report = loop.run_until_complete(self.serve())
+        finally:
+            leftovers = _cancel_leftovers(loop, self.cancel_grace)
+        if leftovers:
+            # A task ignores cancellation; the report named it. Closing the loop would
+            # only print "Task was destroyed but it is pending" for it, so leave now.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(report.exit_code)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
+        sys.exit(report.exit_code)
+
+    async def serve(self) -> Report:
+        """Run the whole lifecycle in the running loop and return the report.
+
+        Returns when the app has stopped (signal, :meth:`stop`, failed start
+        or crashed server); never calls ``sys.exit``. ``report.exit_code``
+        says how it ended.
+
+        Raises:
+            RuntimeError: the app has already run.
+
+        """
+        self._check_not_started("serve")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_requested = asyncio.Event()
+        self._force_requested = asyncio.Event()
+        self._tracker.bind(loop)
+        if self._early_stop is not None:
+            self._request_stop(self._early_stop)
+        scope = SignalScope(
+            loop,
+            self.signals,
+            on_stop=lambda sig: self._request_stop(f"signal {sig}"),
+            on_force=self._request_force,
+            hard_exit=hard_exit(ExitCode.INCOMPLETE) if self._owns_process else None,
+        )
+        with scope:
+            await self._lifecycle()
+        self.stopped.set()
+        logger.info("%s", self.report.to_text())
+        return self.report
+
+    def stop(self, reason: str = "stop() called") -> None:
+        """Begin the stop; safe from any thread and idempotent."""
+        loop = self._loop
+        if loop is None:
+            self._early_stop = self._early_stop or reason
+        elif _in_loop_thread(loop):
+            self._request_stop(reason)
+        else:
+            loop.call_soon_threadsafe(self._request_stop, reason)
+
+    # -- the lifecycle ---------------------------------------------------------
+
+    async def _lifecycle(self) -> None:
+        report = self.report
+        try:
+            self._validate()
+        except ConfigError as exc:
+            report.error = str(exc)
+            report.exit_code = ExitCode.CONFIG
+            logger.error("bad configuration: %s", exc)
+            self._set_state(State.STOPPED)
+            return
+
+        self._set_state(State.STARTING)
+        start = Steps("start")
+        report.start = start.records
+        failure = await self._until_stop_requested(self._start(start))
+        if failure is not None:
+            report.error = failure
+            report.reason = report.reason or "start failed"
+            logger.error("start failed: %s", failure)
+        elif self.state is State.RUNNING:
+            logger.info(
+                "start ready took=%.3fs endpoints=%s",
+                _since(start),
+                ",".join(self.info.endpoints) or "-",
+            )
+            await self._wait(self._stop_requested)
+
+        stop = Steps("stop")
+        report.stop = stop.records
+        await self._stop_or_force(stop)
+        self._set_state(State.STOPPED)
+        if failure is not None or self._crashed:
+            report.exit_code = ExitCode.FAILED
+        elif report.incomplete():
+            report.exit_code = ExitCode.INCOMPLETE
+
+    async def _start(self, seq: Steps) -> None:
+        deadline = Deadline(self.start_timeout)
+
+        # Resources, one at a time in dependency-then-declaration order.
+        async with seq.step("resources", deadline.remaining()) as rec:
+            for res in self._resource_order():
+                rec.waited_for.append(f"resource {res.name}")
+                try:
+                    await res.enter()
+                except Exception as exc:
+                    raise StartError(f"resource {res.name!r}", exc) from exc
+        _raise_if_failed(rec)
+
+        # before_start hooks; a failing one fails the start.
+        self._ran.add("before_start")
+        async with seq.step("before_start", deadline.remaining()) as rec:
+            await run_hooks(
+                self._hooks["before_start"],
+                rec,
+                timeout=self.hook_timeout,
+                budget=deadline.remaining(),
+            )
+        _raise_if_failed(rec)
+
+        # Servers: each as soon as what it depends on is ready; ready means bound.
+        by_name = {s.name: s for s in self.servers}
+
+        async def start_server(name: str) -> None:
+            server = by_name[name]
+            rec.waited_for.append(f"server {name}")
+            self._started.append(server)  # a start cut by cancellation is stopped too
+            try:
+                await server.start()
+            except Exception as exc:
+                self._started.remove(server)
+                raise StartError(f"server {name!r}", exc) from exc
+
+        async with seq.step("servers", deadline.remaining()) as rec:
+            await ordering.walk(self._server_graph(), start_server)
+        _raise_if_failed(rec)
+
+        # Register the instance with the real endpoints.
+        async with seq.step("register", min(self.registry_timeout, deadline.remaining())) as rec:
+            if self._registry is not None:
+                self._instance = Instance(**vars(self.info))
+                rec.waited_for.append(f"registry {self.registry!r}")
+                try:
+                    await self._registry.register(self._instance)
+                except Exception as exc:
+                    raise StartError(f"registry {self.registry!r}", exc) from exc
+                self._ran.add("registered")
+        _raise_if_failed(rec)
+
+        # Ready: readiness turns true, periodic jobs begin, crashes are watched.
+        self._set_state(State.RUNNING)
+        self._tracker.start_jobs()
+        self._watch_servers()
+
+        self._ran.add("after_start")
+        async with seq.step("after_start", deadline.remaining()) as rec:
+            await run_hooks(
+                self._hooks["after_start"],
+                rec,
+                timeout=self.hook_timeout,
+                budget=deadline.remaining(),
+            )
+        _raise_if_failed(rec)
+
+    async def _stop(self, seq: Steps) -> None:
+        deadline = Deadline(self.stop_timeout)
+        reserve = self.cleanup_reserve
+        serving = self.state is State.RUNNING
+        self._set_state(State.STOPPING)
+        self.stopping.set()
+        for watcher in self._watchers:
+            watcher.cancel()
+
+        # Not ready: readiness 503 / NOT_SERVING while everything still serves.
+        async with seq.step("not_ready", deadline.remaining(reserve)) as rec:
+            await _each(rec, self._started, "server", lambda s: s.drain())
+
+        # before_stop hooks (go-zero's wrap-up listeners), paired with after_start.
+        await self._hooks_step(seq, "before_stop", "after_start", deadline.remaining(reserve))
+
+        # Deregister, so clients stop picking this instance.
+        if "registered" in self._ran and self._registry is not None:
+            budget = min(self.registry_timeout, deadline.remaining(reserve))
+            async with seq.step("deregister", budget) as rec:
+                assert self._instance is not None
+                rec.waited_for.append(f"registry {self.registry!r}")
+                await self._registry.deregister(self._instance)
+        else:
+            seq.skip("deregister", "not registered")
+
+        # Drain delay: keep serving while clients and balancers notice.
+        if serving and self.drain_delay > 0:
+            async with seq.step("drain", deadline.remaining(reserve)) as rec:
+                await asyncio.sleep(self.drain_delay)
+        else:
+            seq.skip("drain", "no drain delay" if serving else "never served")
+
+        # Servers, dependents before what they depend on; independent ones concurrently.
+        async with seq.step("stop_servers", deadline.remaining(reserve)) as rec:
+            await self._stop_servers(rec, deadline)
+
+        # Tracked tasks and periodic jobs, then spawn/guard are closed.
+        async with seq.step("tasks", deadline.remaining(reserve)) as rec:
+            budget = max(0.0, deadline.remaining(reserve) - self.cancel_grace)
+            await self._tracker.stop(rec, budget=budget, cancel_grace=self.cancel_grace)
+
+        # after_stop hooks, paired with before_start; half the reserve stays for resources.
+        await self._hooks_step(seq, "after_stop", "before_start", deadline.remaining(reserve / 2))
+
+        # Resources, last in first out.
+        async with seq.step("resources", deadline.remaining()) as rec:
+            for res in reversed(self._resource_order()):
+                if res.is_open:
+                    rec.waited_for.append(f"resource {res.name}")
+                    try:
+                        await res.close()
+                    except Exception as exc:
+                        rec.error(f"resource {res.name}", exc)
+
+    # -- stop helpers ----------------------------------------------------------
+
+    async def _hooks_step(self, seq: Steps, group: str, paired_with: str, budget: float) -> None:
+        if paired_with not in self._ran:
+            seq.skip(group, f"{paired_with} never ran")
+            return
+        async with seq.step(group, budget) as rec:
+            await run_hooks(self._hooks[group], rec, timeout=self.hook_timeout, budget=budget)
+
+    async def _stop_servers(self, rec: PhaseRecord, deadline: Deadline) -> None:
+        started = {s.name: s for s in self._started}
+        graph = {n: [d for d in deps if d in started] for n, deps in self._server_graph().items()}
+        graph = {n: deps for n, deps in graph.items() if n in started}
+
+        async def stop_server(name: str) -> None:
+            server = started[name]
+            own = getattr(server, "stop_timeout", None)
+            own = self.server_stop_timeout if own is None else own
+            budget = deadline.remaining(self.cleanup_reserve)
+            timeout = budget if own is None else min(own, budget)
+            hard = min(timeout + SERVER_STOP_MARGIN, deadline.remaining(self.cleanup_reserve / 2))
+            rec.waited_for.append(f"server {name}")
+            try:
+                async with asyncio.timeout(hard):
+                    cut = await server.stop(timeout)
+            except TimeoutError:
+                rec.timed_out(f"server {name} (stop did not return within {timeout:.3g}s)")
+            except Exception as exc:
+                rec.error(f"server {name}", exc)
+            else:
+                for item in cut or ():
+                    rec.timed_out(f"server {name}: {item}")
+            self._started.remove(server)
+
+        await ordering.walk(ordering.reverse(graph), stop_server)
+
+    async def _stop_or_force(self, seq: Steps) -> None:
+        assert self._force_requested is not None
+        watchdog = self._arm_watchdog()
+        try:
+            stop_task = asyncio.create_task(self._stop(seq), name="quiesce stop")
+            forced = asyncio.create_task(self._force_requested.wait(), name="quiesce force")
+            await asyncio.wait({stop_task, forced}, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            if not stop_task.done():
+                stop_task.cancel()
+                await asyncio.wait({stop_task}, timeout=FORCE_GRACE / 3)
+                await self._force_end(seq)
+            elif (exc := stop_task.exception()) is not None:
+                raise exc
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    async def _force_end(self, seq: Steps) -> None:
+        async with seq.step("forced", FORCE_GRACE) as rec:
+            rec.mark(Outcome.FORCED)
+            rec.cut.extend(self._tracker.abandon())
+            servers = list(self._started)
+            rec.cut.extend(f"server {s.name} [stopped at once]" for s in servers)
+            self._started.clear()
+            await _each(rec, servers, "server", lambda s: s.stop(0))
+            for res in reversed(self._resource_order()):
+                if res.is_open:
+                    rec.cut.append(f"resource {res.name} [closed at once]")
+                    await res.close()
+
+    def _arm_watchdog(self) -> threading.Timer | None:
+        # Only a process owner may exit the process; a blocked loop cannot honour any deadline.
+        if not self._owns_process:
+            return None
+        timer = threading.Timer(self.stop_timeout + WATCHDOG_MARGIN, hard_exit(ExitCode.INCOMPLETE))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    # -- control ---------------------------------------------------------------
+
+    async def _until_stop_requested(self, start: Coroutine[Any, Any, None]) -> str | None:
+        """Run the start; a stop request aborts it. Returns the failure line, if any."""
+        assert self._stop_requested is not None
+        task = asyncio.create_task(start, name="quiesce start")
+        stop = asyncio.create_task(self._stop_requested.wait(), name="quiesce stop request")
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.cancel_grace)
+            return None
+        exc = task.exception()
+        if exc is None:
+            return None
+        if isinstance(exc, _StartFailed):
+            return str(exc)
+        raise exc
+
+    def _request_stop(self, reason: str) -> None:
+        assert self._stop_requested is not None
+        if self._stop_requested.is_set():
+            return
+        self.report.reason = reason
+        logger.info("stop requested reason=%r state=%s", reason, self.state.value)
+        self._stop_requested.set()
+
+    def _request_force(self, reason: str) -> None:
+        assert self._force_requested is not None
+        logger.warning("stop forced reason=%r state=%s", reason, self.state.value)
+        self._force_requested.set()
+
+    def _watch_servers(self) -> None:
+        for server in self._started:
+            wait_closed = getattr(server, "wait_closed", None)
+            if wait_closed is not None:
+                self._watchers.append(
+                    asyncio.create_task(self._watch(server.name, wait_closed), name="quiesce watch")
+                )
+
+    async def _watch(self, name: str, wait_closed: Callable[[], Any]) -> None:
+        try:
+            await wait_closed()
+            cause = "stopped serving"
+        except Exception as exc:
+            cause = describe(exc)
+        if self.state is State.RUNNING:
+            error = ServerExitedError(f"server {name!r} exited: {cause}")
+            self._crashed = True
+            self.report.error = str(error)
+            logger.error("%s", error)
+            self._request_stop(str(error))
+
+    @staticmethod
+    async def _wait(event: asyncio.Event | None) -> None:
+        assert event is not None
+        await event.wait()
+
+    # -- configuration ---------------------------------------------------------
+
+    def _validate(self) -> None:
+        for option in ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout"):
+            value = getattr(self, option)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{option}={value!r}: must be a positive number of seconds")
+        for option in ("drain_delay", "cleanup_reserve", "cancel_grace"):
+            value = getattr(self, option)
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{option}={value!r}: must be zero or more seconds")
+        if not self.name:
+            raise ConfigError("name: an app needs a name")
+        if self.drain_delay + self.cleanup_reserve >= self.stop_timeout:
+            raise ConfigError(
+                f"drain_delay={self.drain_delay}s does not fit stop_timeout={self.stop_timeout}s "
+                f"with {self.cleanup_reserve}s kept for after_stop and resources"
+            )
+        if self.stop_timeout > KUBERNETES_GRACE:
+            logger.warning(
+                "stop_timeout=%ss exceeds Kubernetes' default grace period (%ss): "
+                "raise terminationGracePeriodSeconds or the instance may be killed mid-stop",
+                self.stop_timeout,
+                KUBERNETES_GRACE,
+            )
+        for sig in self.signals:
+            try:
+                signal.Signals(sig)
+            except ValueError:
+                raise ConfigError(f"signals: {sig!r} is not a signal") from None
+        names: dict[str, str] = {}
+        for kind, items in (("server", self.servers), ("resource", self._resources)):
+            for item in items:
+                if item.name in names:
+                    raise ConfigError(f"{kind} name {item.name!r} is already a {names[item.name]}")
+                names[item.name] = kind
+        resources = {r.name: list(r.depends_on) for r in self._resources}
+        ordering.validate(resources)
+        ordering.validate(self._server_graph(), known=list(resources))
+        if isinstance(self.registry, str):
+            self._registry = from_url(self.registry)
+        else:
+            self._registry = self.registry
+        for server in self.servers:
+            bind = getattr(server, "bind", None)
+            if bind is not None:
+                bind(self)
+
+    def _server_graph(self) -> dict[str, list[str]]:
+        return {s.name: list(s.depends_on) for s in self.servers}
+
+    def _resource_order(self) -> list[Resource[Any]]:
+        by_name = {r.name: r for r in self._resources}
+        order = ordering.stable_order({r.name: list(r.depends_on) for r in self._resources})
+        return [by_name[n] for n in order]
+
+    def _set_state(self, state: State) -> None:
+        order = list(State)
+        if order.index(state) < order.index(self.state):
+            raise RuntimeError(f"lifecycle cannot go from {self.state.value} to {state.value}")
+        self.state = state
+
+    def _check_not_started(self, what: str) -> None:
+        if self.state is not State.CREATED:
+            raise RuntimeError(f"{what}(): the app has already started (state {self.state.value})")
+
+
+# -- module helpers -------------------------------------------------------------
+
+
+def _raise_if_failed(rec: PhaseRecord) -> None:
+    if rec.outcome is Outcome.OK:
+        return
+    if rec.errors:
+        exc = rec.exception
+        line = str(exc) if isinstance(exc, StartError) else f"{rec.name}: {rec.errors[0]}"
+    else:
+        line = f"{rec.name} timed out: {', '.join(rec.cut)}"
+    raise _StartFailed(line)
+
+
+async def _each(
+    rec: PhaseRecord, items: Sequence[Server], kind: str, fn: Callable[[Server], Any]
+) -> None:
+    """Call ``fn`` on every item concurrently; record each error under the item's name."""
+
+    async def one(item: Server) -> None:
+        try:
+            await fn(item)
+        except Exception as exc:
+            rec.error(f"{kind} {item.name}", exc)
+
+    await asyncio.gather(*(one(item) for item in items))
+
+
+def _since(seq: Steps) -> float:
+    return sum(r.duration for r in seq.records)
+
+
+def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop, grace: float) -> set[asyncio.Task[Any]]:
+    """Cancel the tasks still in the loop; return those that ignored it for ``grace`` seconds."""
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return set()
+    for task in tasks:
+        task.cancel()
+    _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
+    for task in tasks - pending:
+        if not task.cancelled():
+            task.exception()  # retrieved: the report and the log already have it
+    return pending
+
+
+def _configure_logging() -> None:
+    # Only when the host has not configured logging itself.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )

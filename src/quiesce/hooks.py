@@ -1,0 +1,81 @@
+"""Lifecycle hooks: sync or async callables, each bounded, each error kept.
+
+Sync callables run in a daemon thread so that a hung one is abandoned at its
+timeout instead of blocking the event loop or the interpreter's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from quiesce.phases import Deadline, PhaseRecord
+
+__all__ = ["Hook", "call", "callable_name", "run_hooks"]
+
+T = TypeVar("T")
+Hook = Callable[[], Any]
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """A readable name for a hook or job: ``module.qualname``."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+async def call(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``: await it if it is (or returns) awaitable, else run it in a daemon thread."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn()
+    result = await _in_daemon_thread(fn)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _in_daemon_thread(fn: Callable[[], T]) -> T:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=target, name=callable_name(fn), daemon=True).start()
+    return await future
+
+
+async def run_hooks(
+    hooks: list[Hook], record: PhaseRecord, *, timeout: float, budget: float
+) -> None:
+    """Run ``hooks`` in order, each within ``timeout``, all of them within ``budget`` seconds.
+
+    A hook that raises or times out is recorded on ``record`` and the next
+    hook still runs (with whatever budget is left); nothing is raised.
+    """
+    deadline = Deadline(budget)
+    for hook in hooks:
+        name = callable_name(hook)
+        record.waited_for.append(name)
+        budget = min(timeout, deadline.remaining())
+        try:
+            async with asyncio.timeout(budget):
+                await call(hook)
+        except TimeoutError:
+            record.timed_out(f"hook {name} (timeout {budget:.3g}s)")
+        except Exception as exc:
+            record.error(f"hook {name}", exc)

@@ -1,0 +1,97 @@
+"""The shutdown report: every step of the start and the stop, as text and as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from quiesce.phases import Outcome, PhaseRecord
+
+__all__ = ["ExitCode", "Report"]
+
+
+class ExitCode:
+    """The process exit codes of :meth:`quiesce.App.run`."""
+
+    #: Stopped cleanly: nothing was cut.
+    OK = 0
+    #: Failed to start, or a server stopped serving on its own.
+    FAILED = 1
+    #: Bad configuration; nothing was started.
+    CONFIG = 2
+    #: The stop was incomplete: a timeout, the deadline or a second signal cut something.
+    INCOMPLETE = 3
+
+
+@dataclass
+class Report:
+    """What happened from the start to the end of one run of an app."""
+
+    app: str
+    id: str
+    #: Why the stop began: ``signal SIGTERM``, ``stop(): <reason>``, ``server 'x' exited``...
+    reason: str = ""
+    #: The one-line error for a failed start, a crash or a bad configuration.
+    error: str | None = None
+    exit_code: int = ExitCode.OK
+    start: list[PhaseRecord] = field(default_factory=list)
+    stop: list[PhaseRecord] = field(default_factory=list)
+
+    @property
+    def cut(self) -> list[str]:
+        """Everything the stop cut short, in order."""
+        return [item for record in self.stop for item in record.cut]
+
+    @property
+    def stop_duration(self) -> float:
+        """Seconds from the first to the end of the last stop step."""
+        if not self.stop:
+            return 0.0
+        last = self.stop[-1]
+        return last.offset + last.duration
+
+    def incomplete(self) -> bool:
+        """True when some stop step did not end ``ok`` (or ``skipped``)."""
+        return any(r.outcome not in (Outcome.OK, Outcome.SKIPPED) for r in self.stop)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-able data."""
+        return {
+            "app": self.app,
+            "id": self.id,
+            "reason": self.reason,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "start": [r.as_dict() for r in self.start],
+            "stop": [r.as_dict() for r in self.stop],
+        }
+
+    def to_json(self) -> str:
+        """The report as one JSON document."""
+        return json.dumps(self.as_dict(), indent=2)
+
+    def to_text(self) -> str:
+        """The report for humans: a line per step, then what each waited for and cut."""
+        verdict = {
+            ExitCode.OK: "clean",
+            ExitCode.FAILED: "failed",
+            ExitCode.CONFIG: "bad configuration",
+            ExitCode.INCOMPLETE: "incomplete",
+        }.get(self.exit_code, "?")
+        lines = [
+            f"quiesce report: {self.app} ({self.id}) exit {self.exit_code} ({verdict})"
+            + (f", stop after {self.reason}" if self.reason else "")
+            + (f", stop took {self.stop_duration:.3f}s" if self.stop else "")
+        ]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        for kind, records in (("start", self.start), ("stop", self.stop)):
+            for r in records:
+                timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"
+                lines.append(f"  {kind:5} {timing} {r.outcome.value}")
+                if r.outcome is not Outcome.OK or r.cut:
+                    lines.extend(f"      waited for: {w}" for w in r.waited_for)
+                lines.extend(f"      cut: {c}" for c in r.cut)
+                lines.extend(f"      error: {e}" for e in r.errors)
+        return "\n".join(lines)

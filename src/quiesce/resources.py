@@ -1,0 +1,102 @@
+"""Resources: things entered before the servers start and closed after they stop, LIFO."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from quiesce.hooks import callable_name
+
+__all__ = ["Resource"]
+
+T = TypeVar("T")
+
+
+class Resource(Generic[T]):
+    """A handle on a resource of an app; :attr:`value` is what entering it produced.
+
+    ``factory`` is an async context manager, a sync one, an async generator
+    function (``yield`` the value, clean up after), or a callable returning
+    any of these (or an awaitable of one).
+    """
+
+    def __init__(self, factory: Any, *, name: str | None, depends_on: Sequence[str]) -> None:
+        self.factory = factory
+        self.name = name or _name_of(factory)
+        self.depends_on = tuple(depends_on)
+        self._cm: contextlib.AbstractAsyncContextManager[Any] | None = None
+        self._value: T | None = None
+        self._open = False
+
+    @property
+    def value(self) -> T:
+        """What entering the resource produced.
+
+        Raises:
+            RuntimeError: the resource is not open (before the start or after the stop).
+
+        """
+        if not self._open:
+            raise RuntimeError(f"resource {self.name!r} is not open (only between start and stop)")
+        return cast(T, self._value)
+
+    @property
+    def is_open(self) -> bool:
+        """True between a successful enter and the exit."""
+        return self._open
+
+    async def enter(self) -> None:
+        """Open the resource."""
+        self._cm = await _as_async_cm(self.factory)
+        self._value = await self._cm.__aenter__()
+        self._open = True
+
+    async def close(self) -> None:
+        """Close the resource; the context manager sees no exception."""
+        cm, self._cm = self._cm, None
+        self._open = False
+        if cm is not None:
+            await cm.__aexit__(None, None, None)
+
+
+def _name_of(factory: Any) -> str:
+    if callable(factory):
+        return callable_name(factory).rsplit(".", 1)[-1]
+    return type(factory).__name__
+
+
+async def _as_async_cm(factory: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+    if inspect.isasyncgenfunction(factory):
+        return contextlib.asynccontextmanager(factory)()
+    made = factory
+    if callable(factory) and not _is_cm(factory):
+        made = factory()
+        if inspect.isawaitable(made):
+            made = await made
+    if hasattr(made, "__aenter__"):
+        return cast(contextlib.AbstractAsyncContextManager[Any], made)
+    if hasattr(made, "__enter__"):
+        return _SyncAdapter(made)
+    raise TypeError(
+        f"resource factory {factory!r} gave {type(made).__name__}, not a context manager"
+    )
+
+
+def _is_cm(obj: Any) -> bool:
+    return hasattr(obj, "__aenter__") or hasattr(obj, "__enter__")
+
+
+class _SyncAdapter(contextlib.AbstractAsyncContextManager[Any]):
+    def __init__(self, cm: Any) -> None:
+        self._cm = cm
+
+    async def __aenter__(self) -> Any:
+        return self._cm.__enter__()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        return cast(bool | None, self._cm.__exit__(et, ev, tb))

@@ -1,0 +1,116 @@
+"""Scoped ownership of the stop signals: first one stops, second one forces, SIGUSR1 dumps.
+
+Handlers are installed with :func:`signal.signal` rather than
+``loop.add_signal_handler`` so that they run even while a misbehaving
+callback blocks the loop; they only hand the event to the loop, thread-safe.
+The previous handlers are restored on exit (trio's ``_signal_handler``), and
+nothing is ever re-raised into the host (uvicorn's ``capture_signals`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType, TracebackType
+from typing import Any
+
+from quiesce.tasks import describe_task
+
+__all__ = ["SignalScope", "dump_tasks"]
+
+logger = logging.getLogger("quiesce.lifecycle")
+
+DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
+
+
+class SignalScope:
+    """Own ``signals`` for the duration of a ``with`` block.
+
+    ``on_stop(name)`` is called in the loop for the first stop signal and
+    ``on_force(name)`` for every later one. When a force is not honoured within
+    ``force_grace`` seconds (the loop is blocked), ``hard_exit`` is called from a
+    watchdog thread when given. Outside the main thread nothing is installed:
+    Python only delivers signals there.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        signals: Iterable[int],
+        *,
+        on_stop: Callable[[str], None],
+        on_force: Callable[[str], None],
+        hard_exit: Callable[[], None] | None = None,
+        force_grace: float = 1.0,
+    ) -> None:
+        self._loop = loop
+        self._signals = list(dict.fromkeys(signals))
+        self._on_stop = on_stop
+        self._on_force = on_force
+        self._hard_exit = hard_exit
+        self._force_grace = force_grace
+        self._seen = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalScope:
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("not in the main thread: stop signals are left to the host")
+            return self
+        for sig in self._signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        if DUMP_SIGNAL is not None and DUMP_SIGNAL not in self._previous:
+            self._previous[DUMP_SIGNAL] = signal.signal(DUMP_SIGNAL, self._handle_dump)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self._seen += 1
+        callback = self._on_stop if self._seen == 1 else self._on_force
+        try:
+            self._loop.call_soon_threadsafe(callback, name)
+        except RuntimeError:  # the loop is closed: the run is over, nothing to stop
+            return
+        if self._seen > 1 and self._hard_exit is not None:
+            watchdog = threading.Timer(self._force_grace, self._hard_exit)
+            watchdog.daemon = True
+            watchdog.start()
+
+    def _handle_dump(self, signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to dump
+            self._loop.call_soon_threadsafe(dump_tasks, self._loop)
+
+
+def dump_tasks(loop: asyncio.AbstractEventLoop) -> str:
+    """Log every task of ``loop`` with its await chain (Go's SIGQUIT dump, without dying)."""
+    tasks = sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name())
+    lines = [f"task dump: {len(tasks)} tasks (pid {os.getpid()})"]
+    lines.extend("  " + describe_task(task) for task in tasks)
+    text = "\n".join(lines)
+    logger.warning("%s", text)
+    return text
+
+
+def hard_exit(code: int) -> Callable[[], None]:
+    """A last resort for a blocked loop: dump every thread's stack and leave with ``code``."""
+
+    def leave() -> None:
+        sys.stderr.write(f"quiesce: the loop did not honour the forced stop; exiting {code}\n")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.flush()
+        os._exit(code)
+
+    return leave
