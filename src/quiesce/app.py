@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from quiesce import ordering
@@ -116,6 +117,7 @@ class App:
         cleanup_reserve: float | None = None,
         cancel_grace: float = 0.5,
         registry_timeout: float = 5.0,
+        report_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -129,11 +131,10 @@ class App:
         self.start_timeout = start_timeout
         self.hook_timeout = hook_timeout
         self.server_stop_timeout = server_stop_timeout
-        self.cleanup_reserve = (
-            min(5.0, stop_timeout / 5) if cleanup_reserve is None else cleanup_reserve
-        )
+        self._cleanup_reserve = cleanup_reserve
         self.cancel_grace = cancel_grace
         self.registry_timeout = registry_timeout
+        self.report_file = report_file
 
         #: Set when the stop begins; long-lived handlers wait on it to finish cleanly.
         self.stopping = LifecycleEvent()
@@ -162,6 +163,13 @@ class App:
         self._early_stop: str | None = None
         self._crashed = False
         self._owns_process = False
+
+    @property
+    def cleanup_reserve(self) -> float:
+        """Seconds of the stop budget kept for ``after_stop`` and ``resources``."""
+        if self._cleanup_reserve is None:
+            return min(5.0, self.stop_timeout / 5)
+        return self._cleanup_reserve
 
     # -- declaring the service -------------------------------------------------
 
@@ -314,7 +322,11 @@ class App:
         with scope:
             await self._lifecycle()
         self.stopped.set()
-        logger.info("%s", self.report.to_text())
+        if self.report.exit_code != ExitCode.CONFIG:  # a bad configuration is one line, no report
+            logger.info("%s", self.report.to_text())
+        if self.report_file is not None:
+            path = Path(self.report_file)
+            await asyncio.to_thread(path.write_text, self.report.to_json(), encoding="utf-8")
         return self.report
 
     def stop(self, reason: str = "stop() called") -> None:
@@ -471,9 +483,12 @@ class App:
             await self._stop_servers(rec, deadline)
 
         # Tracked tasks and periodic jobs, then spawn/guard are closed.
-        async with seq.step("tasks", deadline.remaining(reserve)) as rec:
-            budget = max(0.0, deadline.remaining(reserve) - self.cancel_grace)
-            await self._tracker.stop(rec, budget=budget, cancel_grace=self.cancel_grace)
+        # The tracker bounds itself (wait, then cancel with a grace) so that it can name
+        # what it cut; the step's own timeout is only a backstop behind it.
+        window = deadline.remaining(reserve)
+        grace = min(self.cancel_grace, window)
+        async with seq.step("tasks", window + self.cancel_grace) as rec:
+            await self._tracker.stop(rec, budget=window - grace, cancel_grace=grace)
 
         # after_stop hooks, paired with before_start; half the reserve stays for resources.
         await self._hooks_step(seq, "after_stop", "before_start", deadline.remaining(reserve / 2))

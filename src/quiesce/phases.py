@@ -79,6 +79,8 @@ class PhaseRecord:
     cut: list[str] = field(default_factory=list)
     #: One line per error, in the order they happened.
     errors: list[str] = field(default_factory=list)
+    #: Why a step was skipped, or another short remark for the report.
+    note: str = ""
     #: The first exception the step kept, for callers that re-raise it.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -117,6 +119,7 @@ class PhaseRecord:
             "waited_for": list(self.waited_for),
             "cut": list(self.cut),
             "errors": list(self.errors),
+            "note": self.note,
         }
 
 
@@ -158,6 +161,7 @@ class Sequence:
                 record.cut.append(f"{name} (timeout {timeout:.3g}s)")
         except asyncio.CancelledError:
             record.mark(Outcome.FORCED)
+            record.cut.append(f"{name} [interrupted]")
             raise
         except Exception as exc:
             record.error(name, exc, log=not isinstance(exc, QuiesceError))
@@ -168,15 +172,16 @@ class Sequence:
 
     def skip(self, name: str, why: str) -> PhaseRecord:
         """Record a step that was not run."""
-        record = PhaseRecord(name, offset=time.monotonic() - self.began, outcome=Outcome.SKIPPED)
-        record.errors.append(why)
+        record = PhaseRecord(
+            name, offset=time.monotonic() - self.began, outcome=Outcome.SKIPPED, note=why
+        )
         self.records.append(record)
         self.log(record)
         return record
 
     def log(self, record: PhaseRecord) -> None:
         """Write the step's single structured log line."""
-        extra = ""
+        extra = f" note={record.note!r}" if record.note else ""
         if record.waited_for:
             extra += f" waited={len(record.waited_for)}"
         if record.cut:

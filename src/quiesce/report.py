@@ -89,7 +89,8 @@ class Report:
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:
                 timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"
-                lines.append(f"  {kind:5} {timing} {r.outcome.value}")
+                note = f" ({r.note})" if r.note else ""
+                lines.append(f"  {kind:5} {timing} {r.outcome.value}{note}")
                 if r.outcome is not Outcome.OK or r.cut:
                     lines.extend(f"      waited for: {w}" for w in r.waited_for)
                 lines.extend(f"      cut: {c}" for c in r.cut)

@@ -8,6 +8,7 @@ where it was spawned, so the report can name what the deadline cut.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import sys
@@ -25,6 +26,9 @@ __all__ = ["Guard", "PeriodicJob", "TaskTracker", "describe_task", "task_stack"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
+
+#: How long spawn() from another thread waits for the loop to create the task.
+HANDOFF_TIMEOUT = 5.0
 
 
 class TaskTracker:
@@ -50,13 +54,37 @@ class TaskTracker:
         """Start ``coro`` as a task that the stop waits for; see :meth:`quiesce.App.spawn`.
 
         ``depth`` says which caller's frame is the spawn site the report names.
+        From a thread other than the loop's (a sync hook), the task is created
+        in the loop and this call waits for it, at most ``HANDOFF_TIMEOUT``.
         """
         if self._closed:
             coro.close()
             raise StoppedError("spawn() after the task phase of the stop has ended")
-        task = asyncio.get_running_loop().create_task(coro, name=name)
         caller = sys._getframe(depth)
-        self._tasks[task] = (caller.f_code, caller.f_lineno)
+        site = (caller.f_code, caller.f_lineno)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            owner = self._loop
+            if owner is None:
+                coro.close()
+                raise RuntimeError("spawn() before the app runs: there is no loop yet") from None
+            handoff: concurrent.futures.Future[asyncio.Task[T]] = concurrent.futures.Future()
+            owner.call_soon_threadsafe(
+                lambda: handoff.set_result(self._create(owner, coro, name, site))
+            )
+            return handoff.result(timeout=HANDOFF_TIMEOUT)
+        return self._create(loop, coro, name, site)
+
+    def _create(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, T],
+        name: str | None,
+        site: tuple[CodeType, int],
+    ) -> asyncio.Task[T]:
+        task = loop.create_task(coro, name=name)
+        self._tasks[task] = site
         task.add_done_callback(self._task_done)
         return task
 

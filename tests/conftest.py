@@ -1,0 +1,153 @@
+"""Shared fixtures: run scenario services as real subprocesses and talk to them with signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Service:
+    """A scenario service in a subprocess; its output is read line by line as it comes."""
+
+    def __init__(self, module: str, args: list[str], report: Path) -> None:
+        self.report_path = report
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, args[0], str(report), *args[1:]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.exit_time: float | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait until a line matches ``pattern``; fail with the output so far if it never does."""
+        rx = re.compile(pattern)
+        for line in self.lines:
+            if m := rx.search(line):
+                return m
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if m := rx.search(line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + self.output)
+
+    def signal(self, sig: int = signal.SIGTERM) -> float:
+        """Send ``sig``; returns the monotonic time it was sent."""
+        sent = time.monotonic()
+        self.proc.send_signal(sig)
+        return sent
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the exit (bounded), read the rest of the output, return the exit code."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("service did not exit in time; output:\n" + self.drain()) from None
+        self.exit_time = time.monotonic()
+        self.drain()
+        return code
+
+    def drain(self) -> str:
+        while True:
+            try:
+                line = self._queue.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+        return self.output
+
+    def close(self) -> None:
+        """Kill the service if it still runs and release its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(timeout=5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def events(self, prefix: str = "") -> list[tuple[str, float]]:
+        """The ``EVENT what time`` lines, in order, optionally only those starting with prefix."""
+        found = []
+        for line in self.lines:
+            if line.startswith("EVENT ") and line[6:].startswith(prefix):
+                what, _, at = line[6:].rpartition(" ")
+                found.append((what, float(at)))
+        return found
+
+    def report(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.report_path.read_text())
+        return data
+
+    def phase(self, name: str) -> dict[str, Any]:
+        for record in self.report()["stop"]:
+            if record["name"] == name:
+                found: dict[str, Any] = record
+                return found
+        raise AssertionError(f"no stop phase {name!r} in the report")
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Any]:
+    """Start scenario services; any still running at the end of the test are killed."""
+    started: list[Service] = []
+
+    def start(module: str, *args: str) -> Service:
+        svc = Service(module, list(args), tmp_path / f"report-{len(started)}.json")
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.close()
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,262 @@
+"""Services for the lifecycle scenario tests, run as real subprocesses.
+
+``python -m tests.scenarios.lifecycle CASE REPORT_FILE [PORT]``. Each case
+prints ``EVENT <what> <monotonic time>`` lines that the tests read; the app
+itself logs on stderr. Servers bind real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from quiesce import App
+from quiesce.servers.stream import StreamServer
+
+
+def event(what: str) -> None:
+    print(f"EVENT {what} {time.monotonic():.6f}", flush=True)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while line := await reader.readline():
+        writer.write(line)
+        await writer.drain()
+
+
+class ProbeServer(StreamServer):
+    """A real TCP server that reports its start and stop and can be slow or fail."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        depends_on: Sequence[str] = (),
+        port: int = 0,
+        start_delay: float = 0.0,
+        stop_delay: float = 0.0,
+        fail: bool = False,
+    ) -> None:
+        super().__init__(echo, name=name, depends_on=depends_on, port=port)
+        self.start_delay = start_delay
+        self.stop_delay = stop_delay
+        self.fail = fail
+
+    async def start(self) -> None:
+        event(f"start-begin {self.name}")
+        await asyncio.sleep(self.start_delay)
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot start on purpose")
+        await super().start()
+        event(f"start-end {self.name}")
+
+    async def stop(self, timeout: float) -> list[str]:
+        event(f"stop-begin {self.name}")
+        await asyncio.sleep(self.stop_delay)
+        cut = await super().stop(timeout)
+        event(f"stop-end {self.name}")
+        return cut
+
+
+def spawn_task(app: App) -> None:
+    async def send_receipt() -> None:
+        await asyncio.sleep(2)
+        event("task-done")
+
+    async def handler() -> None:
+        app.spawn(send_receipt(), name="send_receipt")
+        event("spawned")
+
+    @app.after_start
+    async def simulate_request() -> None:
+        await handler()
+
+
+def stopping_hook(app: App) -> None:
+    app.hook_timeout = 3.0
+
+    async def long_poll() -> None:
+        await app.stopping
+        event("saw-stopping")
+
+    @app.after_start
+    def begin_long_poll() -> None:
+        app.spawn(long_poll(), name="long_poll")
+
+    @app.before_stop
+    async def flush_cache() -> None:
+        event("flush-begin")
+        await asyncio.sleep(1.5)
+        event("flush-end")
+
+
+def hanging_hook(app: App) -> None:
+    @app.before_stop
+    async def first() -> None:
+        event("hook-first")
+
+    @app.before_stop
+    async def hangs_forever() -> None:
+        event("hook-hang-begin")
+        await asyncio.Event().wait()
+
+    @app.before_stop
+    def third_sync() -> None:
+        event("hook-third")
+
+
+def long_drain(app: App) -> None:
+    app.drain_delay = 20.0
+    app.stop_timeout = 30.0
+
+    async def reconcile() -> None:
+        await asyncio.sleep(60)
+
+    @app.after_start
+    def begin() -> None:
+        app.spawn(reconcile(), name="reconcile")
+
+
+def one_fails(app: App) -> None:
+    app.servers = [
+        ProbeServer("good", start_delay=0.0),
+        ProbeServer("bad", start_delay=0.2, fail=True),
+    ]
+
+
+def port_in_use(app: App) -> None:
+    app.servers = [ProbeServer("good"), ProbeServer("busy", port=int(sys.argv[3]))]
+
+
+def cycle(app: App) -> None:
+    app.servers = [
+        ProbeServer("a", depends_on=["b"]),
+        ProbeServer("b", depends_on=["a"]),
+        ProbeServer("c"),
+    ]
+
+
+def slow_before_start(app: App) -> None:
+    @app.before_start
+    async def warm_up() -> None:
+        event("warm-up-begin")
+        await asyncio.sleep(30)
+        event("warm-up-end")
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[str]:
+        event("pool-open")
+        yield "pool"
+        event("pool-closed")
+
+    app.resource(pool)
+
+
+def chain(app: App) -> None:
+    app.servers = [
+        ProbeServer("a", depends_on=["b"], start_delay=0.1, stop_delay=0.1),
+        ProbeServer("b", depends_on=["c"], start_delay=0.1, stop_delay=0.1),
+        ProbeServer("c", start_delay=0.1, stop_delay=0.1),
+    ]
+
+
+def independent(app: App) -> None:
+    app.servers = [ProbeServer("x", stop_delay=1.0), ProbeServer("y", stop_delay=1.0)]
+
+
+def periodic(app: App) -> None:
+    runs = 0
+
+    async def refresh_prices() -> None:
+        nonlocal runs
+        runs += 1
+        n = runs
+        event(f"run-begin {n}")
+        await asyncio.sleep(1.0)
+        event(f"run-end {n}")
+
+    app.every(0.2, refresh_prices)
+
+
+def resources(app: App) -> None:
+    def make(name: str) -> Callable[[], Any]:
+        @asynccontextmanager
+        async def resource() -> AsyncIterator[str]:
+            event(f"open {name}")
+            yield name
+            event(f"close {name}")
+
+        return resource
+
+    db = app.resource(make("db"), name="db")
+    app.resource(make("cache"), name="cache", depends_on=["db"])
+    app.resource(make("queue"), name="queue")
+
+    @app.after_start
+    def use() -> None:
+        event(f"value {db.value}")
+
+    @app.after_stop
+    def after() -> None:
+        event("after-stop")
+
+
+def stubborn_task(app: App) -> None:
+    app.stop_timeout = 2.0
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                event("ignored-cancel")
+
+    @app.after_start
+    def begin() -> None:
+        app.spawn(stubborn(), name="stubborn")
+
+
+CASES: dict[str, Callable[[App], None]] = {
+    f.__name__: f
+    for f in (
+        spawn_task,
+        stopping_hook,
+        hanging_hook,
+        long_drain,
+        one_fails,
+        port_in_use,
+        cycle,
+        slow_before_start,
+        chain,
+        independent,
+        periodic,
+        resources,
+        stubborn_task,
+    )
+}
+
+
+def main() -> None:
+    case, report_file = sys.argv[1], sys.argv[2]
+    app = App(
+        name=case,
+        servers=[ProbeServer("main")],
+        hook_timeout=0.5,
+        stop_timeout=10.0,
+        report_file=report_file,
+    )
+    CASES[case](app)
+
+    @app.after_start
+    def ready() -> None:
+        event("ready")
+
+    app.run()
+
+
+if __name__ == "__main__":
+    main()
