@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 from collections.abc import Callable
-from typing import Any
 
 from conftest import Service
 
