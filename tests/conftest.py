@@ -57,13 +57,13 @@ class Service:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                line = self._queue.get(timeout=left)
+                item = self._queue.get(timeout=left)
             except queue.Empty:
                 break
-            if line is None:
+            if item is None:
                 break
-            self.lines.append(line)
-            if m := rx.search(line):
+            self.lines.append(item)
+            if m := rx.search(item):
                 return m
         raise AssertionError(f"no line matching {pattern!r}; output:\n" + self.output)
 
@@ -151,3 +151,13 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.slow`` tests unless QUIESCE_SLOW=1 (load tests stay out of CI time)."""
+    if os.environ.get("QUIESCE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set QUIESCE_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

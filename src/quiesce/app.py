@@ -312,6 +312,15 @@ class App:
         self._tracker.bind(loop)
         if self._early_stop is not None:
             self._request_stop(self._early_stop)
+        try:
+            # Before anything else, signal handlers included: a bad config starts nothing.
+            self._validate()
+        except ConfigError as exc:
+            self.report.error = str(exc)
+            self.report.exit_code = ExitCode.CONFIG
+            logger.error("bad configuration: %s", exc)
+            self._set_state(State.STOPPED)
+            return await self._finish()
         scope = SignalScope(
             loop,
             self.signals,
@@ -321,12 +330,14 @@ class App:
         )
         with scope:
             await self._lifecycle()
-        self.stopped.set()
-        if self.report.exit_code != ExitCode.CONFIG:  # a bad configuration is one line, no report
-            logger.info("%s", self.report.to_text())
+        logger.info("%s", self.report.to_text())
+        return await self._finish()
+
+    async def _finish(self) -> Report:
         if self.report_file is not None:
             path = Path(self.report_file)
             await asyncio.to_thread(path.write_text, self.report.to_json(), encoding="utf-8")
+        self.stopped.set()
         return self.report
 
     def stop(self, reason: str = "stop() called") -> None:
@@ -343,15 +354,6 @@ class App:
 
     async def _lifecycle(self) -> None:
         report = self.report
-        try:
-            self._validate()
-        except ConfigError as exc:
-            report.error = str(exc)
-            report.exit_code = ExitCode.CONFIG
-            logger.error("bad configuration: %s", exc)
-            self._set_state(State.STOPPED)
-            return
-
         self._set_state(State.STARTING)
         start = Steps("start")
         report.start = start.records

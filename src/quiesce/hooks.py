@@ -7,6 +7,7 @@ timeout instead of blocking the event loop or the interpreter's exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -48,12 +49,14 @@ async def _in_daemon_thread(fn: Callable[[], T]) -> T:
             future.set_exception(value)
 
     def target() -> None:
+        outcome: tuple[bool, Any]
         try:
-            result = fn()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(settle, False, exc)
-        else:
-            loop.call_soon_threadsafe(settle, True, result)
+            outcome = (True, fn())
+        except BaseException as exc:  # handed over to the awaiting task
+            outcome = (False, exc)
+        # The caller may have given up (timeout, forced end) and the loop closed since.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=target, name=callable_name(fn), daemon=True).start()
     return await future

@@ -68,7 +68,7 @@ def spawn_task(app: App) -> None:
         event("task-done")
 
     async def handler() -> None:
-        app.spawn(send_receipt(), name="send_receipt")
+        _ = app.spawn(send_receipt(), name="send_receipt")
         event("spawned")
 
     @app.after_start
@@ -85,7 +85,7 @@ def stopping_hook(app: App) -> None:
 
     @app.after_start
     def begin_long_poll() -> None:
-        app.spawn(long_poll(), name="long_poll")
+        _ = app.spawn(long_poll(), name="long_poll")
 
     @app.before_stop
     async def flush_cache() -> None:
@@ -118,7 +118,7 @@ def long_drain(app: App) -> None:
 
     @app.after_start
     def begin() -> None:
-        app.spawn(reconcile(), name="reconcile")
+        _ = app.spawn(reconcile(), name="reconcile")
 
 
 def one_fails(app: App) -> None:
@@ -217,7 +217,7 @@ def stubborn_task(app: App) -> None:
 
     @app.after_start
     def begin() -> None:
-        app.spawn(stubborn(), name="stubborn")
+        _ = app.spawn(stubborn(), name="stubborn")
 
 
 CASES: dict[str, Callable[[App], None]] = {

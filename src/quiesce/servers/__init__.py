@@ -27,10 +27,15 @@ class Server(Protocol):
       serving on its own; the app then stops with exit code 1.
     """
 
-    #: Unique within the app; used by ``depends_on``, logs and the report.
-    name: str
-    #: Names of servers (or resources) that must be ready before this one starts.
-    depends_on: Sequence[str]
+    @property
+    def name(self) -> str:
+        """Unique within the app; used by ``depends_on``, logs and the report."""
+        ...
+
+    @property
+    def depends_on(self) -> Sequence[str]:
+        """Names of servers (or resources) that must be ready before this one starts."""
+        ...
 
     async def start(self) -> None:
         """Bind and begin accepting; return only once it accepts. Raise on failure."""

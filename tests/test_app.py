@@ -1,0 +1,337 @@
+"""The App in-process through ``await app.serve()``: configuration, hooks, tracked work, report."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from quiesce import App, ExitCode, Outcome, State, StoppedError
+from quiesce.servers.stream import StreamServer
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while line := await reader.readline():
+        writer.write(line)
+        await writer.drain()
+
+
+class Exits(StreamServer):
+    """A real TCP server that stops serving on its own once ``exit`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(echo, name="flaky")
+        self.exit = asyncio.Event()
+
+    async def wait_closed(self) -> None:
+        await self.exit.wait()
+        raise ConnectionResetError("listener lost")
+
+
+def stop_when_ready(app: App, reason: str = "test done") -> None:
+    @app.after_start
+    def ready() -> None:
+        app.stop(reason)
+
+
+async def test_serve_returns_the_report_and_never_exits() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="tcp")])
+    stop_when_ready(app)
+    report = await app.serve()
+    assert report is app.report
+    assert report.exit_code == ExitCode.OK
+    assert report.reason == "test done"
+    assert [r.name for r in report.stop] == [
+        "not_ready",
+        "before_stop",
+        "deregister",
+        "drain",
+        "stop_servers",
+        "tasks",
+        "after_stop",
+        "resources",
+    ]
+    assert app.state is State.STOPPED
+    assert app.stopping.is_set()
+    assert app.stopped.is_set()
+
+
+async def test_info_lists_real_endpoints_once_bound() -> None:
+    app = App(name="svc", version="1.2.3", metadata={"zone": "eu-1"}, id="fixed")
+    app.add_server(StreamServer(echo, name="a"))
+    app.add_server(StreamServer(echo, name="b"))
+    seen: list[tuple[str, ...]] = []
+
+    @app.after_start
+    def ready() -> None:
+        seen.append(app.info.endpoints)
+        app.stop()
+
+    assert app.info.endpoints == ()
+    await app.serve()
+    (endpoints,) = seen
+    assert len(endpoints) == 2
+    assert all(ep.startswith("tcp://127.0.0.1:") and not ep.endswith(":0") for ep in endpoints)
+    assert app.info.id == "fixed"
+    assert app.info.metadata == {"zone": "eu-1"}
+
+
+def test_default_id_is_host_pid_random() -> None:
+    import os
+
+    a, b = App(name="x"), App(name="x")
+    assert f"-{os.getpid()}-" in a.id
+    assert a.id != b.id
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stop_timeout": 0}, "stop_timeout=0: must be a positive"),
+        ({"drain_delay": -1}, "drain_delay=-1: must be zero or more"),
+        ({"drain_delay": 29, "stop_timeout": 30}, "drain_delay=29s does not fit stop_timeout=30s"),
+        ({"registry": "zookeeper://127.0.0.1:2181"}, "unknown registry scheme 'zookeeper'"),
+        ({"signals": [12345]}, "12345 is not a signal"),
+    ],
+)
+async def test_bad_configuration_is_exit_2_and_starts_nothing(
+    options: dict[str, object], message: str
+) -> None:
+    server = StreamServer(echo, name="tcp")
+    app = App(name="svc", servers=[server], **options)  # type: ignore[arg-type]
+    report = await app.serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error is not None
+    assert message in report.error
+    assert report.start == []
+    assert report.stop == []
+    assert server.endpoints() == ["tcp://127.0.0.1:0"], "nothing was bound"
+
+
+async def test_duplicate_and_unknown_names_are_config_errors() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="x"), StreamServer(echo, name="x")])
+    assert (await app.serve()).error == "server name 'x' is already a server"
+    app = App(name="svc", servers=[StreamServer(echo, name="x", depends_on=["db"])])
+    assert (await app.serve()).error == "'x' depends on unknown 'db'"
+
+
+async def test_server_may_depend_on_a_resource() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="x", depends_on=["db"])])
+    app.resource(lambda: asyncio.timeout(None), name="db")
+    stop_when_ready(app)
+    assert (await app.serve()).exit_code == ExitCode.OK
+
+
+async def test_every_hook_error_is_kept_and_later_hooks_run() -> None:
+    app = App(name="svc")
+    ran: list[str] = []
+
+    @app.before_stop
+    def first() -> None:
+        ran.append("first")
+        raise ValueError("first failed")
+
+    @app.before_stop
+    async def second() -> None:
+        ran.append("second")
+        raise KeyError("second failed")
+
+    @app.before_stop
+    async def third() -> None:
+        ran.append("third")
+
+    stop_when_ready(app)
+    report = await app.serve()
+    assert ran == ["first", "second", "third"]
+    (before_stop,) = [r for r in report.stop if r.name == "before_stop"]
+    assert before_stop.outcome is Outcome.ERROR
+    assert len(before_stop.errors) == 2
+    assert "ValueError: first failed" in before_stop.errors[0]
+    assert "KeyError" in before_stop.errors[1]
+    assert report.exit_code == ExitCode.INCOMPLETE
+
+
+async def test_failing_before_start_hook_fails_the_start_and_closes_resources() -> None:
+    closed = asyncio.Event()
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[int]:
+        yield 1
+        closed.set()
+
+    app = App(name="svc", servers=[StreamServer(echo, name="tcp")])
+    app.resource(pool)
+
+    @app.before_start
+    def check_schema() -> None:
+        raise RuntimeError("schema is behind")
+
+    report = await app.serve()
+    assert report.exit_code == ExitCode.FAILED
+    assert report.error is not None
+    assert "before_start" in report.error
+    assert "schema is behind" in report.error
+    assert closed.is_set()
+    assert app.state is State.STOPPED
+
+
+async def test_resource_value_is_available_only_while_open() -> None:
+    app = App(name="svc")
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[str]:
+        yield "connections"
+
+    db = app.resource(pool, name="db")
+    values: list[str] = []
+
+    @app.after_start
+    def use() -> None:
+        values.append(db.value)
+        app.stop()
+
+    with pytest.raises(RuntimeError, match="resource 'db' is not open"):
+        _ = db.value
+    await app.serve()
+    assert values == ["connections"]
+    with pytest.raises(RuntimeError, match="not open"):
+        _ = db.value
+
+
+async def test_server_exiting_on_its_own_stops_the_app_with_exit_1() -> None:
+    server = Exits()
+    app = App(name="svc", servers=[server, StreamServer(echo, name="other")])
+
+    @app.after_start
+    def crash_soon() -> None:
+        server.exit.set()
+
+    report = await app.serve()
+    assert report.exit_code == ExitCode.FAILED
+    assert report.error == "server 'flaky' exited: ConnectionResetError: listener lost"
+
+
+async def test_stop_from_another_thread_is_safe_and_idempotent() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="tcp")])
+
+    @app.after_start
+    async def ready() -> None:
+        def from_thread() -> None:
+            app.stop("thread one")
+            app.stop("thread two")
+
+        threading.Thread(target=from_thread).start()
+
+    async with asyncio.timeout(5):
+        report = await app.serve()
+    assert report.reason == "thread one"
+    assert report.exit_code == ExitCode.OK
+
+
+async def test_stop_before_serve_stops_right_after_start() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="tcp")])
+    app.stop("early")
+    report = await app.serve()
+    assert report.reason == "early"
+    assert report.exit_code == ExitCode.OK
+
+
+async def test_spawn_after_the_task_phase_raises_and_closes_the_coroutine() -> None:
+    app = App(name="svc")
+    stop_when_ready(app)
+    await app.serve()
+
+    async def late() -> None:
+        raise AssertionError("must never run")
+
+    coro = late()
+    with pytest.raises(StoppedError, match="spawn"):
+        _ = app.spawn(coro)
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED", "closed: no 'never awaited' warning"
+    with pytest.raises(StoppedError, match="guard"):
+        async with app.guard():
+            pass
+
+
+class ReleasesOnStop(StreamServer):
+    """Sets ``release`` as it stops: servers stop just before the tasks phase."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__(echo, name="tcp")
+        self.release = release
+
+    async def stop(self, timeout: float) -> list[str]:
+        self.release.set()
+        return await super().stop(timeout)
+
+
+async def test_guard_held_in_a_thread_is_waited_for() -> None:
+    release = threading.Event()
+    app = App(name="svc", servers=[ReleasesOnStop(release)])
+    entered = threading.Event()
+    done: list[str] = []
+    seen_at_after_stop: list[list[str]] = []
+
+    def worker() -> None:
+        with app.guard("payment"):
+            entered.set()
+            release.wait(5)
+            # Still inside the guard: an app that did not wait would reach after_stop first.
+            threading.Event().wait(0.2)
+            done.append("payment")
+
+    @app.after_start
+    async def begin() -> None:
+        threading.Thread(target=worker).start()
+        await asyncio.to_thread(entered.wait, 5)
+        app.stop()
+
+    @app.after_stop
+    def check() -> None:
+        seen_at_after_stop.append(list(done))
+
+    report = await app.serve()
+    assert seen_at_after_stop == [["payment"]]
+    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    assert tasks.outcome is Outcome.OK
+    assert tasks.duration >= 0.15
+
+
+async def test_periodic_job_rejects_non_positive_period() -> None:
+    app = App(name="svc")
+    with pytest.raises(Exception, match="period must be positive"):
+        app.every(0, lambda: None)
+
+
+async def test_serve_twice_is_refused() -> None:
+    app = App(name="svc")
+    stop_when_ready(app)
+    await app.serve()
+    with pytest.raises(RuntimeError, match="already started"):
+        await app.serve()
+
+
+class SlowStop(StreamServer):
+    def __init__(self, name: str, stop_for: float, stop_timeout: float | None = None) -> None:
+        super().__init__(echo, name=name, stop_timeout=stop_timeout)
+        self.stop_for = stop_for
+
+    async def stop(self, timeout: float) -> list[str]:
+        await asyncio.sleep(self.stop_for)
+        return await super().stop(timeout)
+
+
+async def test_server_stop_that_overruns_its_timeout_is_cut_and_reported() -> None:
+    app = App(name="svc", servers=[SlowStop("stuck", 30, stop_timeout=0.2)])
+    stop_when_ready(app)
+    async with asyncio.timeout(5):
+        report = await app.serve()
+    (phase,) = [r for r in report.stop if r.name == "stop_servers"]
+    assert phase.outcome is Outcome.TIMEOUT
+    assert phase.cut == ["server stuck (stop did not return within 0.2s)"]
+    assert phase.duration < 1.0
+    assert report.exit_code == ExitCode.INCOMPLETE
