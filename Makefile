@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/shop.py
+	$(BIN)/python examples/orders.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -255,7 +255,7 @@ class App:
         """
         if seconds <= 0:
             raise ConfigError(f"every({seconds!r}, ...): the period must be positive")
-        return self._tracker.every(seconds, fn, name)
+        return self._tracker.every(seconds, fn, name, depth=2)
 
     # -- identity --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import Any
@@ -28,6 +29,10 @@ __all__ = ["SignalScope", "dump_tasks"]
 logger = logging.getLogger("quiesce.lifecycle")
 
 DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
+#: A stop signal repeated within this many seconds of the first is the same request, not a
+#: force: wrappers such as ``timeout`` or ``uv run`` forward a Ctrl+C that the process group
+#: already delivered, so one keypress arrives twice within microseconds.
+REPEAT_WINDOW = 0.1
 
 
 class SignalScope:
@@ -57,6 +62,7 @@ class SignalScope:
         self._hard_exit = hard_exit
         self._force_grace = force_grace
         self._seen = 0
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalScope:
@@ -78,7 +84,12 @@ class SignalScope:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self._seen == 1 and now - self._first_at < REPEAT_WINDOW:
+            return
         self._seen += 1
+        if self._seen == 1:
+            self._first_at = now
         callback = self._on_stop if self._seen == 1 else self._on_force
         try:
             self._loop.call_soon_threadsafe(callback, name)

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -120,9 +121,15 @@ class TaskTracker:
 
     # -- periodic jobs -------------------------------------------------------
 
-    def every(self, seconds: float, fn: Callable[[], Any], name: str | None) -> PeriodicJob:
-        """Register a periodic job; it starts with :meth:`start_jobs`."""
-        job = PeriodicJob(seconds, fn, name or callable_name(fn))
+    def every(
+        self, seconds: float, fn: Callable[[], Any], name: str | None, depth: int = 1
+    ) -> PeriodicJob:
+        """Register a periodic job; it starts with :meth:`start_jobs`.
+
+        ``depth`` says which caller's frame the report names as the job's origin.
+        """
+        caller = sys._getframe(depth)
+        job = PeriodicJob(seconds, fn, name or callable_name(fn), (caller.f_code, caller.f_lineno))
         self._jobs.append(job)
         if self._jobs_stop is not None and not self._closed:
             job.start(self, self._jobs_stop)
@@ -237,8 +244,11 @@ class PeriodicJob:
     that raises is logged and the job goes on.
     """
 
-    def __init__(self, seconds: float, fn: Callable[[], Any], name: str) -> None:
+    def __init__(
+        self, seconds: float, fn: Callable[[], Any], name: str, site: tuple[CodeType, int]
+    ) -> None:
         self.seconds = seconds
+        self.site = site
         self.fn = fn
         self.name = name
         self.runs = 0
@@ -247,7 +257,8 @@ class PeriodicJob:
     def start(self, tracker: TaskTracker, stop: asyncio.Event) -> None:
         """Start the job's loop as a tracked task."""
         if self.task is None:
-            self.task = tracker.spawn(self._loop(stop), name=f"every {self.name}")
+            loop = asyncio.get_running_loop()
+            self.task = tracker._create(loop, self._loop(stop), f"every {self.name}", self.site)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         next_run = time.monotonic()
@@ -280,7 +291,7 @@ def task_stack(task: asyncio.Task[Any]) -> list[str]:
         frame: FrameType | None = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:
             break
-        frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        frames.append(f"{_where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return frames
 
@@ -289,8 +300,18 @@ def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | None = N
     """One line: the task's name, where it was spawned and where it is now."""
     text = f"task {task.get_name()!r}"
     if site is not None:
-        text += f" spawned at {site[0].co_filename}:{site[1]}"
+        text += f" spawned at {_where(*site)}"
     stack = task_stack(task)
     if stack:
         text += " at " + " <- ".join(reversed(stack))
     return text
+
+
+def _where(code: CodeType, line: int) -> str:
+    # Paths under the working directory are shown relative: shorter report lines.
+    path = code.co_filename
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(path)
+        if not relative.startswith(".."):
+            path = relative
+    return f"{path}:{line}"

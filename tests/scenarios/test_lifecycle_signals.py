@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Callable
 
 from conftest import Service
+from quiesce.signals import REPEAT_WINDOW
 
 MODULE = "tests.scenarios.lifecycle"
 Start = Callable[..., Service]
@@ -57,8 +59,10 @@ def test_hanging_hook_is_cut_and_later_hooks_still_run(service: Start) -> None:
 
 def test_second_signal_during_drain_forces_exit(service: Start) -> None:
     svc = started(service, "long_drain")
-    svc.signal(signal.SIGTERM)
+    first = svc.signal(signal.SIGTERM)
     svc.wait_for(r"stop phase=deregister")
+    # A repeat within REPEAT_WINDOW is the same keypress forwarded twice; be clearly past it.
+    time.sleep(max(0.0, first + REPEAT_WINDOW * 2 - time.monotonic()))
     second = svc.signal(signal.SIGTERM)
     assert svc.wait() == 3, svc.output
     assert svc.exit_time is not None
@@ -192,3 +196,12 @@ def test_sigusr1_dumps_tasks_and_keeps_running(service: Start) -> None:
     assert svc.proc.poll() is None
     svc.signal(signal.SIGTERM)
     assert svc.wait() == 0, svc.output
+
+
+def test_a_repeat_within_the_window_is_not_a_force(service: Start) -> None:
+    svc = started(service, "spawn_task")
+    svc.wait_for("EVENT spawned")
+    svc.signal(signal.SIGTERM)
+    svc.signal(signal.SIGTERM)  # what `timeout` or `uv run` does with one Ctrl+C
+    assert svc.wait() == 0, svc.output
+    assert "task-done" in dict(svc.events())
