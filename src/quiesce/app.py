@@ -136,6 +136,8 @@ class App:
         self.registry_timeout = registry_timeout
         self.report_file = report_file
 
+        #: Set once every server is ready (and the instance registered), before ``after_start``.
+        self.ready = LifecycleEvent()
         #: Set when the stop begins; long-lived handlers wait on it to finish cleanly.
         self.stopping = LifecycleEvent()
         #: Set when the stop has finished and the report is final.
@@ -434,6 +436,7 @@ class App:
 
         # Ready: readiness turns true, periodic jobs begin, crashes are watched.
         self._set_state(State.RUNNING)
+        self.ready.set()
         self._tracker.start_jobs()
         self._watch_servers()
 
