@@ -1,0 +1,280 @@
+"""GRPCServer in-process: real grpc.aio servers and real grpc clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quiesce import App, ExitCode
+from quiesce.servers.grpc import GRPCServer
+from quiesce.servers.stream import StreamServer
+
+SERVICE = "quiesce.test.Echo"
+OTHER = "quiesce.test.Other"
+SLEEP = f"/{SERVICE}/Sleep"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Sleeper:
+    """The test service, bytes in and out: ``Sleep(b"1.5")`` answers after 1.5 s."""
+
+    def __init__(self) -> None:
+        self.began = asyncio.Event()
+
+    async def sleep(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        self.began.set()
+        await asyncio.sleep(float(request.decode()))
+        return request
+
+    def server(self) -> grpc.aio.Server:
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(self.sleep)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Sleep": handler}),)
+        )
+        return server
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[GRPCServer]:
+    """A GRPCServer started alone (no app), stopped at the end of the test."""
+    server = GRPCServer(Sleeper().server(), port=0)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+def target(server: GRPCServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+async def sleep_call(server: GRPCServer, seconds: str = "0") -> bytes:
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        reply: bytes = await channel.unary_unary(SLEEP, None, None)(seconds.encode(), timeout=5)
+        return reply
+
+
+async def check(server: GRPCServer, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        status: int = reply.status
+        return status
+
+
+async def next_status(watch: Any, timeout: float = 5.0) -> int:
+    async with asyncio.timeout(timeout):
+        reply = await watch.read()
+    status: int = reply.status
+    return status
+
+
+# -- start and endpoints ---------------------------------------------------------
+
+
+async def test_grpc_port_zero_endpoint_reports_the_real_port(started: GRPCServer) -> None:
+    (endpoint,) = started.endpoints()
+    assert endpoint == f"grpc://127.0.0.1:{started.port}"
+    assert started.port != 0
+    assert await sleep_call(started) == b"0"
+
+
+def sync_factory() -> grpc.aio.Server:
+    return Sleeper().server()
+
+
+async def async_factory() -> grpc.aio.Server:
+    await asyncio.sleep(0)
+    return Sleeper().server()
+
+
+@pytest.mark.parametrize("factory", [sync_factory, async_factory], ids=["sync", "async"])
+async def test_grpc_factory_builds_the_server_at_start(
+    factory: Callable[[], grpc.aio.Server | Awaitable[grpc.aio.Server]],
+) -> None:
+    server = GRPCServer(factory, port=0)
+    await server.start()
+    try:
+        assert await sleep_call(server) == b"0"
+        assert await check(server, SERVICE) == SERVING
+    finally:
+        assert await server.stop(1) == []
+
+
+async def test_grpc_factory_returning_a_sync_server_raises_type_error() -> None:
+    server = GRPCServer(lambda: grpc.server(None), port=0)  # type: ignore[arg-type,return-value]  # the mistake under test
+    with pytest.raises(TypeError, match=r"not a grpc\.aio\.Server"):
+        await server.start()
+
+
+def test_grpc_given_neither_server_nor_factory_raises_type_error() -> None:
+    with pytest.raises(TypeError, match=r"grpc\.aio\.Server or a factory"):
+        GRPCServer("127.0.0.1:50051")  # type: ignore[arg-type]  # the mistake under test
+
+
+async def test_grpc_port_in_use_raises_oserror_naming_the_address() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = GRPCServer(Sleeper().server(), port=port)
+        with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port}: Address already in use"):
+            await server.start()
+    assert await server.stop(1) == []
+
+
+# -- health ----------------------------------------------------------------------
+
+
+async def test_grpc_health_covers_the_whole_server_and_every_service() -> None:
+    grpc_server = Sleeper().server()
+    # Generated code (grpcio >= 1.62) also registers its methods this way.
+    other = {"Ping": grpc.unary_unary_rpc_method_handler(Sleeper().sleep)}
+    grpc_server.add_registered_method_handlers(OTHER, other)  # type: ignore[attr-defined]  # newer than grpc-stubs
+    server = GRPCServer(grpc_server, port=0)
+    await server.start()
+    try:
+        assert server.services == ("", SERVICE, OTHER)
+        for service in server.services:
+            assert await check(server, service) == SERVING
+        await server.drain()
+        for service in server.services:
+            assert await check(server, service) == NOT_SERVING
+        assert await sleep_call(server) == b"0", "draining still serves"
+    finally:
+        await server.stop(1)
+
+
+async def test_grpc_health_in_app_turns_serving_only_once_the_app_is_ready() -> None:
+    gate = asyncio.Event()
+    grpc_started = asyncio.Event()
+
+    class Later(StreamServer):
+        """Starts after the grpc server and waits for the test: the app is not ready yet."""
+
+        async def start(self) -> None:
+            grpc_started.set()
+            await gate.wait()
+            await super().start()
+
+    async def ignore(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = GRPCServer(Sleeper().server(), port=0)
+    app = App(name="svc", servers=[server, Later(ignore, name="later", depends_on=["grpc"])])
+    app.drain_delay = 1.0
+    serving = asyncio.create_task(app.serve())
+    async with asyncio.timeout(5):
+        await grpc_started.wait()
+    assert await check(server) == NOT_SERVING
+    assert await check(server, SERVICE) == NOT_SERVING
+    assert await sleep_call(server) == b"0", "bound and serving calls, only not ready"
+
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert await next_status(watch) == NOT_SERVING
+        gate.set()
+        assert await next_status(watch) == SERVING
+        assert await check(server, SERVICE) == SERVING
+
+        stop_sent = time.monotonic()
+        app.stop("test")
+        assert await next_status(watch) == NOT_SERVING
+        assert time.monotonic() - stop_sent < 0.5, "flipped at the stop, not after the drain delay"
+        assert await check(server, SERVICE) == NOT_SERVING
+        assert await sleep_call(server) == b"0", "the drain delay still serves"
+        report = await asyncio.wait_for(serving, 5)
+        assert await watch.code() == grpc.StatusCode.OK, "the stop ended the watch cleanly"
+    assert report.exit_code == ExitCode.OK, report.to_text()
+
+
+async def test_grpc_health_false_registers_no_health_service() -> None:
+    server = GRPCServer(Sleeper().server(), port=0, health=False)
+    await server.start()
+    try:
+        assert server.health is None
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await check(server)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(1)
+
+
+async def test_grpc_server_with_its_own_health_service_raises_value_error() -> None:
+    grpc_server = Sleeper().server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_pb2_grpc.HealthServicer(), grpc_server)
+    server = GRPCServer(grpc_server, port=0)
+    with pytest.raises(ValueError, match="health=False"):
+        await server.start()
+
+
+# -- stop ------------------------------------------------------------------------
+
+
+async def test_grpc_stop_lets_an_in_flight_call_finish_and_refuses_new_ones() -> None:
+    sleeper = Sleeper()
+    server = GRPCServer(sleeper.server(), port=0)
+    await server.start()
+    in_flight = asyncio.ensure_future(sleep_call(server, "0.5"))
+    async with asyncio.timeout(5):
+        await sleeper.began.wait()
+    began = time.monotonic()
+    assert await server.stop(5) == []
+    assert 0.4 <= time.monotonic() - began < 2.0, "stop waits for the call, not for the grace"
+    assert await in_flight == b"0.5"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await sleep_call(server)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_grpc_stop_cancels_calls_that_outlast_the_grace_and_says_so() -> None:
+    sleeper = Sleeper()
+    server = GRPCServer(sleeper.server(), port=0)
+    await server.start()
+    in_flight = asyncio.ensure_future(sleep_call(server, "10"))
+    async with asyncio.timeout(5):
+        await sleeper.began.wait()
+    began = time.monotonic()
+    cut = await server.stop(0.3)
+    assert 0.25 <= time.monotonic() - began < 1.5
+    assert cut == ["in-flight calls cancelled at the 0.3s grace"]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await in_flight
+
+
+async def test_grpc_stop_ends_health_watches_instead_of_waiting_the_grace(
+    started: GRPCServer,
+) -> None:
+    async with grpc.aio.insecure_channel(target(started)) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert await next_status(watch) == SERVING
+        await started.drain()
+        assert await next_status(watch) == NOT_SERVING
+        began = time.monotonic()
+        assert await started.stop(5) == []
+        assert time.monotonic() - began < 1.0
+        assert await watch.code() == grpc.StatusCode.OK
+
+
+async def test_grpc_cancelled_wait_closed_does_not_break_the_stop() -> None:
+    # The app cancels its wait_closed() watcher as the stop begins; grpc's own
+    # termination future must survive that, or stop() fails at once.
+    sleeper = Sleeper()
+    server = GRPCServer(sleeper.server(), port=0)
+    await server.start()
+    watcher = asyncio.create_task(server.wait_closed())
+    await asyncio.sleep(0)
+    watcher.cancel()
+    in_flight = asyncio.ensure_future(sleep_call(server, "0.3"))
+    async with asyncio.timeout(5):
+        await sleeper.began.wait()
+    assert await server.stop(5) == []
+    assert await in_flight == b"0.3"
