@@ -91,15 +91,13 @@ class GRPCServer:
         self.services: tuple[str, ...] = ("",)
         self._health_enabled = health
         self._server: grpc.aio.Server | None = None
-        self._serving = False
+        self._running = False
         self._app: App | None = None
+        self._until_ready: asyncio.Task[None] | None = None
 
     def bind(self, app: App) -> None:
         """Turn health SERVING when ``app`` is ready, not merely when this server is bound."""
         self._app = app
-        # after_start hooks run once every server is bound and the instance registered:
-        # the app's "ready". A server started alone (no app) is ready once started.
-        app.after_start(self._mark_serving)
 
     async def start(self) -> None:
         """Build the server if given a factory, add the health service, bind, start.
@@ -125,9 +123,16 @@ class GRPCServer:
         self.port = port
         self._server = server
         await server.start()
-        self._serving = True
-        if self._app is None:
-            await self._mark_serving()
+        self._running = True
+        if self.health is None:
+            return
+        if self._app is None:  # started alone: ready once started
+            await self._mark_serving(self.health)
+        else:
+            # The app is ready once every server is bound and the instance registered.
+            self._until_ready = asyncio.create_task(
+                self._mark_serving(self.health, self._app.ready), name=f"quiesce {self.name} health"
+            )
 
     async def drain(self) -> None:
         """Report NOT_SERVING for every service at once; calls keep being served."""
@@ -143,12 +148,14 @@ class GRPCServer:
         the cut when calls were still running at the grace.
         """
         server, self._server = self._server, None
+        if self._until_ready is not None:
+            self._until_ready.cancel()  # the start was cut short: never SERVING
         if server is None:
             return []
         if self.health is not None:
             await self.health.enter_graceful_shutdown()  # a forced stop skips drain()
             self.health.end_watches()
-        if not self._serving:
+        if not self._running:
             # Cut short during start(): nothing was served, and a server that never ran
             # never reports termination, so there is nothing to wait for.
             await server.stop(None)
@@ -209,11 +216,11 @@ class GRPCServer:
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         return health
 
-    async def _mark_serving(self) -> None:
-        if self.health is None or not self._serving:
-            return
+    async def _mark_serving(self, health: _Health, ready: asyncio.Event | None = None) -> None:
+        if ready is not None:
+            await ready.wait()
         for service in self.services:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
 
 class _Health(HealthServicer):  # type: ignore[misc]  # grpc_health's stubs type it as Any
