@@ -278,3 +278,67 @@ async def test_grpc_cancelled_wait_closed_does_not_break_the_stop() -> None:
         await sleeper.began.wait()
     assert await server.stop(5) == []
     assert await in_flight == b"0.3"
+
+
+# -- long-lived calls in an app --------------------------------------------------
+
+
+def streaming_app(ends_on_stopping: bool, stop_timeout: float) -> tuple[App, GRPCServer]:
+    """An app whose ``Feed`` stream sends ``first``, then waits (for ``app.stopping`` or ever)."""
+    app = App(name="svc")
+
+    async def feed(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        yield b"first"
+        if ends_on_stopping:
+            await app.stopping
+            yield b"bye"
+        else:
+            await asyncio.Event().wait()
+
+    grpc_server = grpc.aio.server()
+    handler = grpc.unary_stream_rpc_method_handler(feed)
+    grpc_server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Feed": handler}),)
+    )
+    server = GRPCServer(grpc_server, port=0, stop_timeout=stop_timeout)
+    app.add_server(server)
+    return app, server
+
+
+async def test_grpc_stream_that_ends_on_app_stopping_is_not_cut() -> None:
+    app, server = streaming_app(ends_on_stopping=True, stop_timeout=5)
+    serving = asyncio.create_task(app.serve())
+    async with asyncio.timeout(5):
+        await app.ready
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        stream = channel.unary_stream(f"/{SERVICE}/Feed", None, None)(b"")
+        assert await stream.read() == b"first"
+        app.stop("test")
+        assert await stream.read() == b"bye"
+        assert await stream.code() == grpc.StatusCode.OK
+        report = await asyncio.wait_for(serving, 5)
+    assert report.exit_code == ExitCode.OK, report.to_text()
+
+
+async def test_grpc_stream_ignoring_app_stopping_is_cut_at_the_grace_and_reported() -> None:
+    app, server = streaming_app(ends_on_stopping=False, stop_timeout=0.3)
+    serving = asyncio.create_task(app.serve())
+    async with asyncio.timeout(5):
+        await app.ready
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        stream = channel.unary_stream(f"/{SERVICE}/Feed", None, None)(b"")
+        assert await stream.read() == b"first"
+        began = time.monotonic()
+        app.stop("test")
+        report = await asyncio.wait_for(serving, 5)
+        assert time.monotonic() - began < 0.3 + 1.0
+        assert await stream.code() != grpc.StatusCode.OK
+    assert report.exit_code == ExitCode.INCOMPLETE, report.to_text()
+    (stop_servers,) = [r for r in report.stop if r.name == "stop_servers"]
+    assert stop_servers.cut == ["server grpc: in-flight calls cancelled at the 0.3s grace"]
+
+
+def test_grpc_ipv6_endpoint_is_bracketed() -> None:
+    assert GRPCServer(sync_factory, host="::1", port=5).endpoints() == ["grpc://[::1]:5"]

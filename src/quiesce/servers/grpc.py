@@ -145,7 +145,8 @@ class GRPCServer:
 
         New calls fail with UNAVAILABLE from here on; health Watch streams end
         first so that they do not hold the grace. Returns a description of
-        the cut when calls were still running at the grace.
+        the cut when calls were still running at the grace (grpc does not say
+        how many; with ``timeout <= 0`` it cannot say whether any).
         """
         server, self._server = self._server, None
         if self._until_ready is not None:
@@ -155,9 +156,10 @@ class GRPCServer:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()  # a forced stop skips drain()
             self.health.end_watches()
-        if not self._running:
+        if not self._running or timeout <= 0:
             # Cut short during start(): nothing was served, and a server that never ran
-            # never reports termination, so there is nothing to wait for.
+            # never reports termination. No grace (the forced end): grpc cancels at once
+            # and cannot tell whether anything ran; the app reports the forced stop.
             await server.stop(None)
             return []
         # wait_for_termination() returns True when it times out; armed a moment before
