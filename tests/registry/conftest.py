@@ -15,11 +15,13 @@ import platform
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,16 +99,49 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class TLS:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(folder: Path) -> TLS:
+    """A throwaway CA and a server certificate for IP 127.0.0.1, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca-key.pem"
+    cert, key, csr = folder / "server.pem", folder / "server-key.pem", folder / "server.csr"
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ca_req = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    csr_req = ["req", "-newkey", "rsa:2048", "-nodes"]
+    sign = ["x509", "-req", "-days", "2", "-CAcreateserial", "-extfile", str(ext)]
+    steps = [
+        [*ca_req, "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=quiesce test CA"],
+        [*csr_req, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+        [*sign, "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-out", str(cert)],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *step], check=True, capture_output=True, timeout=30)
+    return TLS(ca, cert, key)
+
+
 class Member:
     """One etcd member process on loopback ports, with its own data directory."""
 
-    def __init__(self, name: str, workdir: Path, client_port: int, peer_port: int) -> None:
+    def __init__(
+        self, name: str, workdir: Path, client_port: int, peer_port: int, tls: TLS | None = None
+    ) -> None:
         self.name = name
+        self.tls = tls
         self.data_dir = workdir / f"{name}.data"
         self.log_path = workdir / f"{name}.log"
         self.client_port = client_port
         self.peer_port = peer_port
-        self.client_url = f"http://127.0.0.1:{client_port}"
+        scheme = "https" if tls else "http"
+        self.client_url = f"{scheme}://127.0.0.1:{client_port}"
         self.peer_url = f"http://127.0.0.1:{peer_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -132,9 +167,9 @@ class Member:
             initial_cluster,
             "--initial-cluster-state",
             state,
-            "--initial-cluster-token",
-            f"quiesce-test-{uuid.uuid4().hex[:8]}" if state == "new" else "quiesce-test",
         ]
+        if self.tls is not None:
+            args += ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -161,7 +196,10 @@ class Member:
 
     def healthy(self) -> bool:
         try:
-            r = httpx.get(self.client_url + "/health", timeout=1.0, trust_env=False)
+            verify: ssl.SSLContext | bool = True
+            if self.tls is not None:
+                verify = ssl.create_default_context(cafile=str(self.tls.ca))
+            r = httpx.get(self.client_url + "/health", timeout=1.0, trust_env=False, verify=verify)
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and r.json().get("health") == "true"
@@ -176,15 +214,20 @@ class Member:
 class Cluster:
     """``size`` members started as one new cluster; stop/restart members during a test."""
 
-    def __init__(self, workdir: Path, size: int = 1) -> None:
+    def __init__(self, workdir: Path, size: int = 1, tls: TLS | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * size)
         self.members = [
-            Member(f"m{i}", workdir, ports[2 * i], ports[2 * i + 1]) for i in range(size)
+            Member(f"m{i}", workdir, ports[2 * i], ports[2 * i + 1], tls) for i in range(size)
         ]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        for m in self.members:
-            m.start(self.initial_cluster)
-        self.wait_healthy()
+        try:
+            for m in self.members:
+                m.start(self.initial_cluster)
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def hosts(self) -> str:
@@ -236,12 +279,12 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def etcd_cluster(tmp_path: Path) -> Iterator[Callable[[int], Cluster]]:
+def etcd_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Start a private cluster of ``size`` members for a test that stops or restarts them."""
     started: list[Cluster] = []
 
-    def start(size: int = 1) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(started)}", size)
+    def start(size: int = 1, tls: TLS | None = None) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(started)}", size, tls)
         started.append(cluster)
         return cluster
 

@@ -367,13 +367,13 @@ class EtcdRegistry:
 
     async def _grant_and_put(self, reg: _Registration) -> None:
         granted = await self._call("/lease/grant", {"TTL": self.ttl})
-        lease = int(granted["ID"])
-        ttl = int(granted.get("TTL", self.ttl))
+        # Recorded before the put: a deregister that cancels us mid-put must revoke this
+        # lease; and if the put fails, the next keepalive round puts the key again.
+        reg.lease = int(granted["ID"])
+        reg.alive_until = time.monotonic() + int(granted.get("TTL", self.ttl))
         await self._call(
-            "/kv/put", {"key": _b64(reg.key), "value": _b64(reg.value), "lease": str(lease)}
+            "/kv/put", {"key": _b64(reg.key), "value": _b64(reg.value), "lease": str(reg.lease)}
         )
-        reg.lease = lease
-        reg.alive_until = time.monotonic() + ttl
 
     async def _keep_alive(self, reg: _Registration, first_delay: float | None = None) -> None:
         """Keep ``reg`` registered for as long as the process lives (until deregister)."""
