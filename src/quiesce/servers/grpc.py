@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stubs predate it
 
 if TYPE_CHECKING:
     from quiesce.app import App
@@ -83,8 +83,9 @@ class GRPCServer:
         self.name = name
         self.depends_on = tuple(depends_on)
         self.stop_timeout = stop_timeout
-        #: The health service once started (None with ``health=False``); ``set()`` on it
-        #: is honoured until the stop begins.
+        #: The health servicer once started (grpcio-health-checking's aio
+        #: ``HealthServicer``; None with ``health=False``). Its ``set()`` is honoured
+        #: until the stop begins.
         self.health: _Health | None = None
         #: The services the health status covers: ``""`` (the whole server) and each
         #: service found on the grpc server.
@@ -225,7 +226,7 @@ class GRPCServer:
             await health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
 
-class _Health(HealthServicer):  # type: ignore[misc]  # grpc_health's stubs type it as Any
+class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # untyped: Any to mypy
     """The reference aio health service, whose Watch streams can be ended on purpose.
 
     A Watch stream never ends by itself, so it would hold ``server.stop(grace)``
