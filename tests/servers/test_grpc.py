@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quiesce import App, ExitCode
+from quiesce import App, ExitCode, Server
 from quiesce.servers.grpc import GRPCServer
 from quiesce.servers.stream import StreamServer
 
@@ -338,6 +338,11 @@ async def test_grpc_stream_ignoring_app_stopping_is_cut_at_the_grace_and_reporte
     assert report.exit_code == ExitCode.INCOMPLETE, report.to_text()
     (stop_servers,) = [r for r in report.stop if r.name == "stop_servers"]
     assert stop_servers.cut == ["server grpc: in-flight calls cancelled at the 0.3s grace"]
+
+
+def test_grpc_server_implements_the_server_protocol() -> None:
+    server: Server = GRPCServer(sync_factory)  # mypy checks the shape, isinstance the members
+    assert isinstance(server, Server)
 
 
 def test_grpc_ipv6_endpoint_is_bracketed() -> None:
