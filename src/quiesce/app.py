@@ -374,6 +374,7 @@ class App:
 
         stop = Steps("stop")
         report.stop = stop.records
+        report.stop_began = stop.began
         await self._stop_or_force(stop)
         self._set_state(State.STOPPED)
         if failure is not None or self._crashed:
@@ -416,6 +417,8 @@ class App:
                 await server.start()
             except Exception as exc:
                 self._started.remove(server)
+                if isinstance(exc, StartError):  # the adapter already named itself
+                    raise
                 raise StartError(f"server {name!r}", exc) from exc
 
         async with seq.step("servers", deadline.remaining()) as rec:

@@ -37,6 +37,9 @@ class Report:
     exit_code: int = ExitCode.OK
     start: list[PhaseRecord] = field(default_factory=list)
     stop: list[PhaseRecord] = field(default_factory=list)
+    #: ``time.monotonic()`` when the stop began (phase offsets count from it); on one host
+    #: the monotonic clock is shared, so other processes can line events up against it.
+    stop_began: float | None = None
 
     @property
     def cut(self) -> list[str]:
@@ -65,6 +68,7 @@ class Report:
             "exit_code": self.exit_code,
             "start": [r.as_dict() for r in self.start],
             "stop": [r.as_dict() for r in self.stop],
+            "stop_began": self.stop_began,
         }
 
     def to_json(self) -> str:

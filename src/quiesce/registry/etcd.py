@@ -506,9 +506,14 @@ class EtcdRegistry:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            verify: ssl.SSLContext | bool = self._ssl if self._ssl is not None else True
+            if not any(e.startswith("https://") for e in self.endpoints):
+                # Plain-HTTP members: nothing to verify, and not loading the CA bundle
+                # saves ~80 ms of the first registration.
+                verify = False
             self._client = httpx.AsyncClient(
                 timeout=self.request_timeout,
-                verify=self._ssl if self._ssl is not None else True,
+                verify=verify,
                 # Never pick up an HTTP proxy from the environment for cluster traffic.
                 trust_env=False,
             )

@@ -1,0 +1,369 @@
+"""An ASGI app (FastAPI, Starlette, Litestar...) served by an embedded uvicorn.
+
+uvicorn's own ``Server.serve()`` is not used: it captures SIGINT/SIGTERM and
+re-raises them when it stops, calls ``sys.exit(3)`` when startup fails, and
+polls every 0.1 s in its main loop and its shutdown. Instead its pieces are
+driven directly: the listening socket is bound here (so a busy port is our
+error, with our message), ``Server.startup()`` serves on it, and the stop
+closes the listener, shuts connections down through their protocols and waits
+on an event that fires when the last one is gone.
+
+The request path stays nearly free: health and readiness are answered by two
+path comparisons; ``Connection: close`` is added only while draining; the
+in-flight count is uvicorn's own ``server_state.tasks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from quiesce.errors import StartError
+from quiesce.phases import State
+
+if TYPE_CHECKING:
+    from quiesce.app import App
+
+__all__ = ["HTTPServer"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("quiesce.http")
+
+#: Seconds of the stop timeout kept for the ASGI lifespan shutdown when requests use up the
+#: rest (at most a tenth of it); when they finish early the lifespan gets all that is left.
+LIFESPAN_SHUTDOWN_RESERVE = 0.1
+#: After cutting requests at the timeout, how long their handlers get to unwind.
+CUT_GRACE = 0.1
+#: How often the Date header is refreshed (uvicorn does it once a second too).
+HEADER_REFRESH = 1.0
+#: Bound on uvicorn's listener ``wait_closed()``, which on 3.12+ waits for connections.
+WAIT_CLOSED_TIMEOUT = 0.2
+
+
+class HTTPServer:
+    """Serve ``asgi_app`` on ``host:port`` with uvicorn, as a :class:`~quiesce.Server`.
+
+    ``health_path`` answers 200 while the process is alive; ``ready_path``
+    answers 200 only between "ready" and the start of the stop, then 503; both
+    with a small JSON body and before the app sees the request (None turns one
+    off). While draining, every response carries ``Connection: close``.
+    ``stop(timeout)`` closes the listener and idle keep-alive connections, lets
+    in-flight requests finish, then cancels what is left: HTTP requests are
+    cut, WebSockets are closed with code 1001; the report names each.
+    ``uvicorn_options`` go to :class:`uvicorn.Config` (``log_config``
+    defaults to None: the host's logging is left alone).
+
+    Raises (from :meth:`start`):
+        StartError: the port cannot be bound, or the ASGI lifespan startup failed.
+    """
+
+    def __init__(
+        self,
+        asgi_app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        name: str = "http",
+        depends_on: Sequence[str] = (),
+        stop_timeout: float | None = None,
+        health_path: str | None = "/healthz",
+        ready_path: str | None = "/readyz",
+        **uvicorn_options: Any,
+    ) -> None:
+        self.app = asgi_app
+        self.host = host
+        self.port = port
+        self.name = name
+        self.depends_on = tuple(depends_on)
+        self.stop_timeout = stop_timeout
+        self.uvicorn_options = {"log_config": None, **uvicorn_options}
+        self._gate = _Gate(asgi_app, health_path, ready_path)
+        self._server: uvicorn.Server | None = None
+        self._connections = _ConnectionSet()
+        self._ticker: asyncio.Task[None] | None = None
+        self._exited = asyncio.Event()
+        self._lifespan_errors: list[str] = []
+
+    # -- the Server protocol ---------------------------------------------------
+
+    def bind(self, app: App) -> None:
+        """Answer readiness from ``app``'s lifecycle state."""
+        self._gate.owner = app
+
+    async def start(self) -> None:
+        """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
+        sock = self._bind()
+        config = uvicorn.Config(self._gate, host=self.host, port=self.port, **self.uvicorn_options)
+        server = uvicorn.Server(config)
+        # Track connections in a set that says when it empties: the stop waits on that.
+        server.server_state.connections = self._connections
+        try:
+            config.load()
+            server.lifespan = lifespan = config.lifespan_class(config)
+            # uvicorn logs a lifespan failure with a traceback; keep it quiet, say it once.
+            lifespan.logger = _LifespanLog(self._lifespan_errors)
+            try:
+                await server.startup(sockets=[sock])
+            except SystemExit as exc:  # uvicorn's way of failing a startup
+                detail = "; ".join(self._lifespan_errors) or f"uvicorn exited with {exc.code}"
+                raise StartError(f"server {self.name!r}", f"ASGI lifespan: {detail}") from None
+        except BaseException:
+            sock.close()
+            for listener in getattr(server, "servers", ()):
+                listener.close()
+            raise
+        self._server = server
+        self._ticker = asyncio.create_task(
+            self._refresh_headers(), name=f"quiesce {self.name} tick"
+        )
+
+    async def drain(self) -> None:
+        """Go not-ready and make every response from now on close its connection."""
+        self._gate.draining = True
+        for connection in list(self._connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and not cycle.response_started:
+                cycle.keep_alive = False
+
+    async def stop(self, timeout: float) -> list[str]:
+        """Close the listener, finish in-flight requests within ``timeout``, then cut them.
+
+        Returns one line per request or WebSocket that had to be cut.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return []
+        if self._ticker is not None:
+            self._ticker.cancel()
+        began = time.monotonic()
+        has_lifespan = not getattr(server.lifespan, "error_occurred", True)
+        reserve = min(LIFESPAN_SHUTDOWN_RESERVE, timeout / 10) if has_lifespan else 0.0
+        self._gate.draining = True
+        for listener in server.servers:
+            listener.close()
+        # Idle keep-alive connections close now; busy ones after their current response.
+        # WebSockets are left to their handlers, which watch app.stopping, until the timeout.
+        for connection in list(self._connections):
+            if hasattr(connection, "cycle"):
+                connection.shutdown()
+        cut: list[str] = []
+        try:
+            async with asyncio.timeout(max(0.0, timeout - reserve)):
+                await self._connections.wait_empty()
+                if server.server_state.tasks:
+                    await asyncio.wait(set(server.server_state.tasks))
+        except TimeoutError:
+            cut = await self._cut(server)
+        left = max(0.0, timeout - (time.monotonic() - began))
+        if has_lifespan:
+            try:
+                async with asyncio.timeout(max(left, 0.01)):
+                    await server.lifespan.shutdown()
+            except TimeoutError:
+                cut.append(f"ASGI lifespan shutdown (timeout {left:.3g}s)")
+        for listener in server.servers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAIT_CLOSED_TIMEOUT):
+                    await listener.wait_closed()
+        self._exited.set()
+        return cut
+
+    def endpoints(self) -> list[str]:
+        """``http://host:port``, with the real port once bound."""
+        return [f"http://{self.host}:{self.port}"]
+
+    async def wait_closed(self) -> None:
+        """Return when the server stopped serving (after a stop, or uvicorn's request limit)."""
+        await self._exited.wait()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests (and WebSockets) being handled right now."""
+        return len(self._server.server_state.tasks) if self._server is not None else 0
+
+    # -- internals -------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(self.uvicorn_options.get("backlog", 2048))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise StartError(
+                f"server {self.name!r}", f"cannot listen on {self.host}:{self.port}: {reason}"
+            ) from exc
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def _cut(self, server: uvicorn.Server) -> list[str]:
+        cut: list[str] = []
+        websockets = []
+        for connection in list(self._connections):
+            cycle = getattr(connection, "cycle", None)
+            scope = cycle.scope if cycle is not None else getattr(connection, "scope", None)
+            if cycle is None and scope is not None:
+                websockets.append(connection)
+            if scope is not None and (cycle is None or not cycle.response_complete):
+                cut.append(_describe(scope))
+            if cycle is not None:
+                # Abort first: the cancelled handler then finds its client gone and
+                # uvicorn stays quiet instead of logging a traceback per request.
+                connection.transport.abort()
+        self._gate.cutting = True
+        tasks = set(server.server_state.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CUT_GRACE)
+        for connection in list(self._connections):
+            connection.transport.abort()
+        return cut
+
+    async def _refresh_headers(self) -> None:
+        assert self._server is not None
+        server = self._server
+        while True:
+            # on_tick(0) refreshes the Date header and checks uvicorn's request limit.
+            if await server.on_tick(0):
+                logger.info("server %s reached its request limit", self.name)
+                self._exited.set()
+                return
+            await asyncio.sleep(HEADER_REFRESH)
+
+
+class _Gate:
+    """The ASGI app uvicorn runs: health and readiness first, then the user's app."""
+
+    __slots__ = ("app", "cutting", "draining", "health_path", "owner", "ready_path")
+
+    def __init__(self, app: ASGIApp, health_path: str | None, ready_path: str | None) -> None:
+        self.app = app
+        self.health_path = health_path
+        self.ready_path = ready_path
+        self.owner: App | None = None
+        self.draining = False
+        self.cutting = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == self.ready_path:
+                return await self._probe(send, ready=True)
+            if path == self.health_path:
+                return await self._probe(send, ready=False)
+            if self.draining:
+                send = _closing(send)
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self.cutting:
+                raise
+            # Cut by the stop timeout: end the request quietly, WebSockets with 1001.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if scope["type"] == "websocket":
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": 1001, "reason": "stopping"})
+
+    async def _probe(self, send: Send, *, ready: bool) -> None:
+        owner = self.owner
+        state = owner.state.value if owner is not None else "running"
+        if ready:
+            ok = not self.draining and (owner is None or owner.state is State.RUNNING)
+            body = {"status": "ready" if ok else "not ready", "state": state}
+        else:
+            ok = True
+            body = {"status": "alive", "state": state}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if ok else 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _closing(send: Send) -> Send:
+    """Wrap ``send`` so the response carries ``Connection: close`` (only while draining)."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"connection" for name, _ in headers):
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return closing_send
+
+
+def _describe(scope: Scope) -> str:
+    client = scope.get("client")
+    peer = f" from {client[0]}:{client[1]}" if client else ""
+    if scope.get("type") == "websocket":
+        return f"websocket {scope.get('path', '?')}{peer} [closed 1001]"
+    return f"request {scope.get('method', '?')} {scope.get('path', '?')}{peer} [cut]"
+
+
+class _ConnectionSet(set[Any]):
+    """uvicorn's connection set, able to say when it becomes empty (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._empty = asyncio.Event()
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        if not self:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        while self:
+            self._empty.clear()
+            await self._empty.wait()
+
+
+class _LifespanLog:
+    """Stands in for uvicorn's lifespan logger: errors kept for one line, details at DEBUG."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        logger.debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        logger.debug(msg, *args, **kwargs)
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, BaseException):
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        text = (str(msg) % args if args else str(msg)).strip()
+        if text and not text.startswith("Application startup failed"):
+            # Starlette sends the whole traceback as the message: its last line says what.
+            self.errors.append(text.splitlines()[-1])

@@ -1,0 +1,73 @@
+"""An HTTP service on the embedded uvicorn, for the HTTP scenario tests.
+
+``python -m tests.scenarios.http_service CASE REPORT_FILE PORT [DRAIN_DELAY [STOP_TIMEOUT]]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from quiesce import App
+from quiesce.servers.asgi import HTTPServer
+
+case, report_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+drain_delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+stop_timeout = float(sys.argv[5]) if len(sys.argv) > 5 else None
+
+app = App(name=f"http-{case}", drain_delay=drain_delay, stop_timeout=10.0, report_file=report_file)
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+async def slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(float(request.query_params.get("s", "1")))
+    return PlainTextResponse("slow done")
+
+
+async def ws_polite(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    await app.stopping
+    await websocket.send_text("bye")
+    await websocket.close(code=1000)
+
+
+async def ws_stubborn(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    await asyncio.Event().wait()
+
+
+@asynccontextmanager
+async def failing_lifespan(api: Starlette) -> AsyncIterator[None]:
+    raise RuntimeError("database is unreachable")
+    yield  # pragma: no cover - never reached
+
+
+routes = [
+    Route("/", hello),
+    Route("/slow", slow),
+    WebSocketRoute("/ws-polite", ws_polite),
+    WebSocketRoute("/ws-stubborn", ws_stubborn),
+]
+api = Starlette(routes=routes, lifespan=failing_lifespan if case == "bad_lifespan" else None)
+app.add_server(HTTPServer(api, port=port, stop_timeout=stop_timeout, access_log=False))
+
+
+@app.after_start
+def ready() -> None:
+    print("READY", flush=True)
+
+
+app.run()

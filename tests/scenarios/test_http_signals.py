@@ -1,0 +1,212 @@
+"""The HTTP server under real signals: drain, in-flight requests, WebSockets, bad starts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import websockets
+
+from conftest import Service
+
+MODULE = "tests.scenarios.http_service"
+WARM_UP = 200  # successful requests before the signal
+Start = Callable[..., Service]
+
+
+def started(service: Start, case: str, port: int, *args: str) -> Service:
+    svc = service(MODULE, case, str(port), *args)
+    svc.wait_for("READY")
+    return svc
+
+
+@dataclass
+class Outcome:
+    sent: float
+    done: float
+    error: str | None = None
+    connection: str | None = None
+
+
+async def hammer(
+    url: str,
+    clients: int,
+    stop: asyncio.Event,
+    results: list[Outcome],
+    seconds: float,
+    warm: asyncio.Event,
+) -> None:
+    """``clients`` keep-alive clients, each with its own connection, in a loop until refused.
+
+    One httpx client per worker: a shared pool would queue requests in the client,
+    and a request waiting there has not been sent to the server at all.
+    """
+
+    async def one() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=5.0) as client:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    response = await client.get(url)
+                except httpx.TransportError as exc:
+                    results.append(Outcome(sent, time.monotonic(), type(exc).__name__))
+                    if stop.is_set():
+                        return
+                    continue
+                error = None if response.status_code == 200 else str(response.status_code)
+                results.append(
+                    Outcome(sent, time.monotonic(), error, response.headers.get("connection"))
+                )
+                if len(results) >= WARM_UP:
+                    warm.set()
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+
+
+async def first_not_ready(url: str, seconds: float) -> float | None:
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                response = await client.get(url, headers={"connection": "close"})
+            except httpx.TransportError:
+                return None
+            if response.status_code == 503:
+                return time.monotonic()
+            await asyncio.sleep(0.01)
+    return None
+
+
+def test_keepalive_clients_lose_nothing_through_drain(service: Start, free_port: int) -> None:
+    drain = 1.0
+    svc = started(service, "drain", free_port, str(drain))
+    base = f"http://127.0.0.1:{free_port}"
+    results: list[Outcome] = []
+
+    async def scenario() -> tuple[float, float | None]:
+        stop, warm = asyncio.Event(), asyncio.Event()
+        load = asyncio.create_task(hammer(base + "/", 50, stop, results, 8.0, warm))
+        await asyncio.wait_for(warm.wait(), 10)  # clients up, keep-alive connections in use
+        signalled = svc.signal(signal.SIGTERM)
+        stop.set()
+        not_ready = await first_not_ready(base + "/readyz", seconds=3.0)
+        await asyncio.wait_for(load, timeout=15)
+        return signalled, not_ready
+
+    signalled, not_ready = asyncio.run(scenario())
+    assert svc.wait() == 0, svc.output
+    assert not_ready is not None, "/readyz never answered 503 during the drain"
+    report = svc.report()
+    drain_phase = svc.phase("drain")
+    drain_began = report["stop_began"] + drain_phase["offset"]
+    drain_ended = drain_began + drain_phase["duration"]
+    assert drain_ended - drain_began >= drain * 0.95
+    assert drain_began <= not_ready <= drain_ended
+    before = [r for r in results if r.sent < signalled]
+    assert before
+    assert all(r.error is None for r in before), [r for r in before if r.error][:5]
+    # During the drain delay requests still succeed, and say Connection: close.
+    margin = 0.1
+    during = [r for r in results if drain_began < r.sent < drain_ended - margin]
+    assert during
+    assert all(r.error is None for r in during), [r for r in during if r.error][:5]
+    assert all(r.connection == "close" for r in during)
+    # Failures only once the drain is over, and only because nothing listens any more.
+    failed = [r for r in results if r.error is not None]
+    assert failed, "clients ended by being refused"
+    assert all(r.sent > drain_ended - margin for r in failed)
+    assert {r.error for r in failed} <= {"ConnectError", "ReadError", "RemoteProtocolError"}
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", free_port)) != 0
+
+
+def test_request_in_flight_at_sigterm_gets_its_200(service: Start, free_port: int) -> None:
+    svc = started(service, "in_flight", free_port)
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            request = asyncio.create_task(client.get(f"http://127.0.0.1:{free_port}/slow?s=3"))
+            # The request is in flight once the server has it: its access is not logged yet,
+            # so wait for the TCP connection to exist before signalling.
+            await asyncio.sleep(0.3)
+            svc.signal(signal.SIGTERM)
+            return await request
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200
+    assert response.text == "slow done"
+    assert svc.wait() == 0, svc.output
+
+
+def test_websocket_that_watches_stopping_closes_cleanly(service: Start, free_port: int) -> None:
+    svc = started(service, "ws_polite", free_port)
+
+    async def scenario() -> tuple[list[str], int | None]:
+        async with websockets.connect(f"ws://127.0.0.1:{free_port}/ws-polite") as ws:
+            got = [str(await ws.recv())]
+            svc.signal(signal.SIGTERM)
+            got.append(str(await asyncio.wait_for(ws.recv(), 5)))
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+            except websockets.ConnectionClosed as closed:
+                return got, closed.rcvd.code if closed.rcvd else None
+        return got, None
+
+    messages, code = asyncio.run(scenario())
+    assert messages == ["hello", "bye"]
+    assert code == 1000
+    assert svc.wait() == 0, svc.output
+
+
+def test_websocket_that_ignores_stopping_is_closed_1001_and_reported(
+    service: Start, free_port: int
+) -> None:
+    svc = started(service, "ws_stubborn", free_port, "0", "1.0")
+
+    async def scenario() -> tuple[int | None, float]:
+        async with websockets.connect(f"ws://127.0.0.1:{free_port}/ws-stubborn") as ws:
+            assert await ws.recv() == "hello"
+            sent = svc.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 5)
+            except websockets.ConnectionClosed as closed:
+                return (closed.rcvd.code if closed.rcvd else None), time.monotonic() - sent
+        return None, 0.0
+
+    code, after = asyncio.run(scenario())
+    assert code == 1001
+    assert 0.85 <= after < 2.5  # closed at the 1 s stop timeout (less the lifespan reserve)
+    assert svc.wait() == 3, svc.output
+    phase = svc.phase("stop_servers")
+    assert any("websocket /ws-stubborn" in c for c in phase["cut"]), phase
+
+
+def test_port_in_use_exits_1_naming_server_and_port(service: Start) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        svc = service(MODULE, "busy", str(port))
+        assert svc.wait() == 1, svc.output
+    errors = [line for line in svc.lines if "ERROR" in line]
+    assert len(errors) == 1, svc.output
+    assert "server 'http'" in errors[0]
+    assert f"127.0.0.1:{port}" in errors[0]
+    assert "Traceback" not in svc.output
+
+
+def test_lifespan_startup_failure_exits_1_with_one_line(service: Start, free_port: int) -> None:
+    svc = service(MODULE, "bad_lifespan", str(free_port))
+    assert svc.wait() == 1, svc.output
+    errors = [line for line in svc.lines if "ERROR" in line]
+    assert len(errors) == 1, svc.output
+    assert "server 'http'" in errors[0]
+    assert "database is unreachable" in errors[0]
+    assert "Traceback" not in svc.output
