@@ -8,6 +8,8 @@ lost. See :class:`App`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from quiesce.app import App, AppInfo, LifecycleEvent
 from quiesce.errors import (
     ConfigError,
@@ -24,13 +26,38 @@ from quiesce.resources import Resource
 from quiesce.servers import Server
 from quiesce.tasks import Guard, PeriodicJob
 
+if TYPE_CHECKING:
+    from quiesce.servers.asgi import HTTPServer
+    from quiesce.servers.grpc import GRPCServer
+
+# Adapters import their framework (uvicorn, grpc): loaded on first use, so that
+# `import quiesce` stays light and works without the optional extras.
+_LAZY = {
+    "HTTPServer": "quiesce.servers.asgi",
+    "GRPCServer": "quiesce.servers.grpc",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quiesce' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "App",
     "AppInfo",
     "ConfigError",
     "DependencyCycleError",
     "ExitCode",
+    "GRPCServer",
     "Guard",
+    "HTTPServer",
     "Instance",
     "LifecycleEvent",
     "Outcome",

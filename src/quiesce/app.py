@@ -536,6 +536,12 @@ class App:
             try:
                 async with asyncio.timeout(hard):
                     cut = await server.stop(timeout)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the stop itself is being forced
+                # A cancellation leaking out of the adapter is its failure, not ours to hide.
+                rec.error(f"server {name}", RuntimeError("stop() was cancelled from within"))
             except TimeoutError:
                 rec.timed_out(f"server {name} (stop did not return within {timeout:.3g}s)")
             except Exception as exc:
