@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,9 @@ from quiesce import App
 from quiesce.servers.asgi import HTTPServer
 
 case, report_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# The load tests hold thousands of connections.
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 drain_delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 stop_timeout = float(sys.argv[5]) if len(sys.argv) > 5 else None
 
@@ -33,6 +37,10 @@ async def hello(request: Request) -> PlainTextResponse:
 async def slow(request: Request) -> PlainTextResponse:
     await asyncio.sleep(float(request.query_params.get("s", "1")))
     return PlainTextResponse("slow done")
+
+
+async def in_flight(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(http_server.in_flight - 1))  # less this request itself
 
 
 async def ws_polite(websocket: WebSocket) -> None:
@@ -58,11 +66,13 @@ async def failing_lifespan(api: Starlette) -> AsyncIterator[None]:
 routes = [
     Route("/", hello),
     Route("/slow", slow),
+    Route("/in-flight", in_flight),
     WebSocketRoute("/ws-polite", ws_polite),
     WebSocketRoute("/ws-stubborn", ws_stubborn),
 ]
 api = Starlette(routes=routes, lifespan=failing_lifespan if case == "bad_lifespan" else None)
-app.add_server(HTTPServer(api, port=port, stop_timeout=stop_timeout, access_log=False))
+http_server = HTTPServer(api, port=port, stop_timeout=stop_timeout, access_log=False, backlog=4096)
+app.add_server(http_server)
 
 
 @app.after_start
