@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import subprocess
 import sys
@@ -38,6 +39,10 @@ async def until(watch: Watch, predicate: Callable[[list[Instance]], bool]) -> li
 
 def ids(current: list[Instance]) -> list[str]:
     return [i.id for i in current]
+
+
+def has_length(n: int, current: list[Instance]) -> bool:
+    return len(current) == n
 
 
 # -- URLs ---------------------------------------------------------------------------
@@ -268,3 +273,44 @@ async def test_values_are_base64_json_under_the_kratos_key(etcd: Cluster, prefix
         await reg.deregister(instance("k1"))
     finally:
         await reg.aclose()
+
+
+async def test_keep_registered_while_etcd_is_down_registers_once_it_is_up(
+    etcd_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = etcd_cluster(1)
+    member = cluster.members[0]
+    reg = EtcdRegistry([member.client_url], prefix="/k", ttl=2)
+    member.stop()
+    try:
+        reg.keep_registered(instance("a"))  # never raises: serve now, register when possible
+        with pytest.raises(RegistryError):
+            await reg.instances("orders")
+        member.start(cluster.initial_cluster)
+        await asyncio.to_thread(cluster.wait_healthy)
+        async with reg.watch("orders") as watch:
+            await until(watch, lambda cur: ids(cur) == ["a"])
+            await reg.deregister(instance("a"))
+            await until(watch, lambda cur: cur == [])
+    finally:
+        await reg.aclose()
+
+
+async def test_watch_relists_periodically_and_misses_nothing(etcd: Cluster, prefix: str) -> None:
+    watcher = EtcdRegistry([etcd.client_url], prefix=prefix, relist_interval=0.2)
+    reg = EtcdRegistry([etcd.client_url], prefix=prefix)
+    try:
+        async with watcher.watch("orders") as watch:
+            assert await anext(watch) == []
+            for n in range(5):
+                # Changes land before, during and after the re-lists (every 0.15-0.2 s).
+                await reg.register(instance(f"i{n}"))
+                await until(watch, functools.partial(has_length, n + 1))
+                await asyncio.sleep(0.1)
+            await reg.deregister(instance("i0"))
+            await until(watch, lambda cur: ids(cur) == ["i1", "i2", "i3", "i4"])
+        for n in range(1, 5):
+            await reg.deregister(instance(f"i{n}"))
+    finally:
+        await reg.aclose()
+        await watcher.aclose()

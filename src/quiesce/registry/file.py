@@ -121,6 +121,22 @@ class FileRegistry:
             self._heartbeat(path, instance), name=f"quiesce registry heartbeat {instance.id}"
         )
 
+    def keep_registered(self, instance: Instance) -> None:
+        """Register ``instance`` in the background, retrying until it works, then keep it fresh.
+
+        For a service that should serve even when the registry cannot be
+        written (``registry_required=False``): never raises for write errors,
+        logs them. Call it from the running event loop; :meth:`deregister` ends it.
+        """
+        key = (instance.name, instance.id)
+        old = self._heartbeats.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._heartbeats[key] = asyncio.create_task(
+            self._heartbeat(self._path(instance.name, instance.id), instance, written=False),
+            name=f"quiesce registry heartbeat {instance.id}",
+        )
+
     async def deregister(self, instance: Instance) -> None:
         """Stop the heartbeat and delete the file; watchers see it gone at their next poll.
 
@@ -238,13 +254,24 @@ class FileRegistry:
                     if entry.stat().st_mtime < limit:
                         os.unlink(entry.path)
 
-    async def _heartbeat(self, path: Path, instance: Instance) -> None:
-        """Touch the file every ttl/3 for as long as the instance is registered."""
+    async def _heartbeat(self, path: Path, instance: Instance, *, written: bool = True) -> None:
+        """Touch the file every ttl/3 for as long as the instance is registered.
+
+        ``written=False`` writes it first, retrying every ttl/3 until that works.
+        """
         text = instance.kratos().to_json()
         failing = False
         while True:
-            await asyncio.sleep(self.ttl / 3 * random.uniform(0.9, 1.0))
+            if written:
+                await asyncio.sleep(self.ttl / 3 * random.uniform(0.9, 1.0))
             try:
+                if not written:
+                    self._write(path, text)
+                    written = True
+                    if failing:
+                        logger.warning("%r: registered %s", self, instance.id)
+                        failing = False
+                    continue
                 try:
                     os.utime(path)
                 except FileNotFoundError:
@@ -254,6 +281,8 @@ class FileRegistry:
                 if not failing:
                     logger.error("%r: heartbeat of %s failing: %s", self, instance.id, exc)
                 failing = True
+                if not written:
+                    await asyncio.sleep(self.ttl / 3 * random.uniform(0.9, 1.0))
                 continue
             if failing:
                 logger.warning("%r: heartbeat of %s works again", self, instance.id)
