@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/orders.py
+	$(BIN)/python examples/shop/main.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench

@@ -339,3 +339,19 @@ async def test_server_stop_that_overruns_its_timeout_is_cut_and_reported() -> No
     assert phase.cut == ["server stuck (stop did not return within 0.2s)"]
     assert phase.duration < 1.0
     assert report.exit_code == ExitCode.INCOMPLETE
+
+
+async def test_resource_value_is_still_readable_while_it_closes() -> None:
+    app = App(name="svc")
+    seen: list[str] = []
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[str]:
+        yield "connections"
+        seen.append(db.value)
+
+    db = app.resource(pool, name="db")
+    stop_when_ready(app)
+    report = await app.serve()
+    assert seen == ["connections"]
+    assert report.exit_code == ExitCode.OK

@@ -57,9 +57,11 @@ class Resource(Generic[T]):
     async def close(self) -> None:
         """Close the resource; the context manager sees no exception."""
         cm, self._cm = self._cm, None
-        self._open = False
-        if cm is not None:
-            await cm.__aexit__(None, None, None)
+        try:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+        finally:
+            self._open = False
 
 
 def _name_of(factory: Any) -> str:
