@@ -1,0 +1,122 @@
+"""HTTPServer in-process on a real uvicorn: probes, endpoints, drain headers, bounded stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from quiesce import App, ExitCode, HTTPServer, Outcome, Server
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"hello {request.url.path}")
+
+
+async def slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(float(request.query_params.get("s", "5")))
+    return PlainTextResponse("slow done")
+
+
+api = Starlette(routes=[Route("/", hello), Route("/healthz-app", hello), Route("/slow", slow)])
+
+
+def test_http_server_implements_the_server_protocol() -> None:
+    server: Server = HTTPServer(api)
+    assert isinstance(server, Server)
+
+
+async def test_probes_follow_the_lifecycle_and_endpoint_is_the_real_port() -> None:
+    server = HTTPServer(api, port=0, access_log=False)
+    app = App(name="svc", servers=[server], drain_delay=0.5)
+    seen: dict[str, tuple[int, str, str | None]] = {}
+
+    async def get(client: httpx.AsyncClient, label: str, path: str) -> None:
+        response = await client.get(server.endpoints()[0] + path)
+        seen[label] = (response.status_code, response.text, response.headers.get("connection"))
+
+    async def drive() -> None:
+        await app.ready
+        async with httpx.AsyncClient() as client:
+            await get(client, "ready", "/readyz")
+            await get(client, "health", "/healthz")
+            await get(client, "app", "/")
+            app.stop()
+            await app.stopping
+            await get(client, "ready-draining", "/readyz")
+            await get(client, "health-draining", "/healthz")
+            await get(client, "app-draining", "/")
+
+    driver = asyncio.create_task(drive())
+    report = await app.serve()
+    await driver
+    assert report.exit_code == ExitCode.OK
+    (endpoint,) = server.endpoints()
+    assert endpoint.startswith("http://127.0.0.1:")
+    assert not endpoint.endswith(":0")
+    assert seen["ready"][:2] == (200, '{"status": "ready", "state": "running"}')
+    assert seen["health"][:2] == (200, '{"status": "alive", "state": "running"}')
+    assert seen["app"][:2] == (200, "hello /")
+    assert seen["ready-draining"][:2] == (503, '{"status": "not ready", "state": "stopping"}')
+    assert seen["health-draining"][0] == 200
+    assert seen["app-draining"] == (200, "hello /", "close")
+
+
+async def test_probes_can_be_turned_off_and_then_reach_the_app() -> None:
+    server = HTTPServer(api, port=0, health_path=None, ready_path="/ready", access_log=False)
+    app = App(name="svc", servers=[server])
+    codes: list[tuple[int, str]] = []
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            for path in ("/ready", "/healthz", "/healthz-app"):
+                response = await client.get(server.endpoints()[0] + path)
+                codes.append((response.status_code, response.text[:20]))
+        app.stop()
+
+    await app.serve()
+    assert codes == [(200, '{"status": "ready", '), (404, "Not Found"), (200, "hello /healthz-app")]
+
+
+async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
+    entered = asyncio.Event()
+
+    async def stuck(request: Request) -> PlainTextResponse:
+        entered.set()
+        await asyncio.sleep(5)
+        return PlainTextResponse("too late")
+
+    server = HTTPServer(Starlette(routes=[Route("/slow", stuck)]), port=0, stop_timeout=0.5)
+    app = App(name="svc", servers=[server])
+    outcome: list[str] = []
+
+    async def client() -> None:
+        await app.ready
+        async with httpx.AsyncClient() as http:
+            request = asyncio.create_task(http.get(server.endpoints()[0] + "/slow"))
+            await entered.wait()
+            assert server.in_flight == 1
+            app.stop()
+            try:
+                await request
+            except httpx.TransportError as exc:
+                outcome.append(type(exc).__name__)
+
+    driver = asyncio.create_task(client())
+    began = time.monotonic()
+    async with asyncio.timeout(5):
+        report = await app.serve()
+    await driver
+    assert time.monotonic() - began < 0.5 + 0.5
+    assert outcome == ["RemoteProtocolError"]
+    (phase,) = [r for r in report.stop if r.name == "stop_servers"]
+    assert phase.outcome is Outcome.TIMEOUT
+    (cut,) = phase.cut
+    assert cut.startswith("server http: request GET /slow from 127.0.0.1:")
+    assert report.exit_code == ExitCode.INCOMPLETE
