@@ -532,7 +532,9 @@ class App:
             budget = deadline.remaining(self.cleanup_reserve)
             timeout = budget if own is None else min(own, budget)
             hard = min(timeout + SERVER_STOP_MARGIN, deadline.remaining(self.cleanup_reserve / 2))
-            rec.waited_for.append(f"server {name}")
+            in_flight = getattr(server, "in_flight", None)
+            load = f" ({in_flight} in flight)" if isinstance(in_flight, int) else ""
+            rec.waited_for.append(f"server {name}{load}")
             try:
                 async with asyncio.timeout(hard):
                     cut = await server.stop(timeout)

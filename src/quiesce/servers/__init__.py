@@ -25,6 +25,8 @@ class Server(Protocol):
       readiness and ``app.stopping``).
     - ``async wait_closed()``: returns (or raises) when the server stops
       serving on its own; the app then stops with exit code 1.
+    - ``in_flight: int``: requests being handled now; the report shows it
+      for each server the stop waited for.
     """
 
     @property
