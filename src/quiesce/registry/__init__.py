@@ -23,16 +23,19 @@ only when used: ``import quiesce`` imports neither httpx nor the file code.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from quiesce.errors import ConfigError, QuiesceError
+
+if TYPE_CHECKING:  # the backends are imported only when a URL asks for them
+    from quiesce.registry.etcd import EtcdRegistry
+    from quiesce.registry.file import FileRegistry
 
 __all__ = [
     "Discovery",
@@ -188,8 +191,10 @@ class Discovery(Protocol):
         ...
 
 
-def from_url(url: str) -> Registry:
+def from_url(url: str) -> FileRegistry | EtcdRegistry:
     """Build a registry from a URL; nothing is contacted yet.
+
+    Both backends are a :class:`Registry` and a :class:`Discovery`.
 
     ``file:`` (default directory), ``file:///dir``, ``etcd://host:port[,host:port...]``,
     ``etcds://...`` (TLS); query options per backend (``ttl``, ``prefix``, ...).
@@ -254,25 +259,6 @@ def positive_seconds(url: str, options: Mapping[str, str], key: str, default: fl
     if not value > 0 or value == float("inf"):
         raise ConfigError(f"registry {url!r}: {key}={raw!r} must be a positive number of seconds")
     return value
-
-
-def changes(lists: AsyncIterator[list[Instance]]) -> AsyncGenerator[list[Instance], None]:
-    """Pass on the lists that differ from the one before (the first always)."""
-
-    async def dedup() -> AsyncGenerator[list[Instance], None]:
-        last: list[Instance] | None = None
-        try:
-            async for current in lists:
-                if current != last:
-                    last = current
-                    yield current
-        finally:
-            close = getattr(lists, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-
-    return dedup()
 
 
 def parse_instances(items: Mapping[str, str | bytes], where: str) -> list[Instance]:
