@@ -229,6 +229,9 @@ async def test_auth_token_is_used_and_a_wrong_password_is_refused(
             assert ids(await anext(watch)) == ["a"]
             # A token that etcd no longer knows (expired, or another member's) is renewed.
             reg._tokens = {k: "stale-token" for k in reg._tokens}
+            async with reg.watch("orders") as second:
+                assert ids(await until(second, lambda cur: True)) == ["a"]
+            reg._tokens = {k: "stale-token" for k in reg._tokens}
             await reg.deregister(instance("a"))
             await until(watch, lambda cur: cur == [])
     finally:

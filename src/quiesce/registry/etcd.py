@@ -333,12 +333,16 @@ class EtcdRegistry:
                                 break  # time to re-list, or the member ended the stream
                             result = _result(message)
                             if result.get("canceled"):
+                                reason = str(result.get("cancel_reason", ""))
+                                if "Unauthenticated" in reason or "auth token" in reason:
+                                    # etcd refuses a stale token by cancelling the new watch.
+                                    raise EtcdError(reason, _UNAUTHENTICATED)
                                 # Compacted past our revision (or etcd cancelled it): re-list.
                                 logger.info(
                                     "%r: watch of %r cancelled (%s); re-listing",
                                     self,
                                     name,
-                                    result.get("cancel_reason") or "compaction",
+                                    reason or "compaction",
                                 )
                                 break
                             for event in result.get("events", ()):
@@ -353,6 +357,8 @@ class EtcdRegistry:
                                 last = listed
                                 yield listed
                 except (RegistryError, httpx.HTTPError, ValueError) as exc:
+                    if isinstance(exc, EtcdError) and exc.code == _UNAUTHENTICATED:
+                        self._tokens.clear()  # expired, or another member's: authenticate again
                     failures += 1
                     if failures == 1:
                         logger.warning(
@@ -611,7 +617,9 @@ class EtcdRegistry:
             try:
                 if response.status_code != 200:
                     text = (await response.aread()).decode(errors="replace")
-                    if response.status_code >= 500 or response.status_code == 404:
+                    if response.status_code == 401:
+                        self._tokens.pop(base, None)  # the next attempt authenticates again
+                    if response.status_code >= 500 or response.status_code in (401, 404):
                         errors.append(f"{base}: HTTP {response.status_code} {text[:200]!r}")
                         continue
                     raise EtcdError(f"{self!r}: {method}: HTTP {response.status_code}: {text!r}")
