@@ -17,7 +17,7 @@ import pytest
 
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, RegistryError, Watch, from_url, kratos_endpoint
-from quiesce.registry.etcd import EtcdError, EtcdRegistry
+from quiesce.registry.etcd import EtcdError, EtcdRegistry, _b64
 from quiesce.registry.file import DEFAULT_DIR, FileRegistry
 
 from .conftest import Cluster, free_ports, make_tls
@@ -316,4 +316,42 @@ async def test_watch_relists_periodically_and_misses_nothing(etcd: Cluster, pref
             await reg.deregister(instance(f"i{n}"))
     finally:
         await reg.aclose()
+        await watcher.aclose()
+
+
+async def test_watch_cancelled_by_compaction_relists_and_sees_what_it_missed(
+    etcd: Cluster, prefix: str
+) -> None:
+    other = EtcdRegistry([etcd.client_url], prefix=prefix)
+
+    class CompactsAfterFirstList(EtcdRegistry):
+        """Fault injection: compacts etcd between the first range and the watch."""
+
+        compacted = False
+
+        async def _range(self, key: bytes) -> tuple[dict[str, bytes], int]:
+            found = await super()._range(key)
+            if not self.compacted:
+                self.compacted = True
+                # A change the watch must not miss, then history compacted past it.
+                await other.register(instance("late"))
+                async with httpx.AsyncClient(trust_env=False) as client:
+                    unrelated = {"key": _b64(f"{prefix}-other"), "value": _b64("x")}
+                    head = await client.post(f"{etcd.client_url}/v3/kv/put", json=unrelated)
+                    revision = head.json()["header"]["revision"]
+                    r = await client.post(
+                        f"{etcd.client_url}/v3/kv/compaction", json={"revision": revision}
+                    )
+                    r.raise_for_status()
+            return found
+
+    watcher = CompactsAfterFirstList([etcd.client_url], prefix=prefix)
+    try:
+        async with watcher.watch("orders") as watch:
+            assert await anext(watch) == []  # listed before "late" was put
+            await until(watch, lambda cur: ids(cur) == ["late"])
+        assert watcher.compacted
+        await other.deregister(instance("late"))
+    finally:
+        await other.aclose()
         await watcher.aclose()
