@@ -103,6 +103,10 @@ class EtcdRegistry:
             down to three quarters), which also bounds how long a silently dead
             connection can hide changes.
 
+    Raises:
+        ConfigError: no endpoints, ``ttl`` under 1 s, a non-positive timeout, or a
+            username without a password (or the reverse).
+
     """
 
     def __init__(
@@ -308,7 +312,7 @@ class EtcdRegistry:
             while True:
                 try:
                     kvs, revision = await self._range(prefix)
-                    current = {k: v for k, v in kvs.items()}
+                    current = dict(kvs)
                     if failures:
                         logger.warning("%r: watch of %r works again", self, name)
                         failures = 0
@@ -392,7 +396,7 @@ class EtcdRegistry:
             try:
                 if reg.lease is None:
                     await self._grant_and_put(reg)
-                    logger.warning("%r: registered %s (lease %x)", self, ident, reg.lease)
+                    logger.info("%r: registered %s (lease %x)", self, ident, reg.lease)
                 else:
                     answer = await self._call("/lease/keepalive", {"ID": str(reg.lease)})
                     ttl = int(answer.get("TTL", 0))
@@ -425,7 +429,7 @@ class EtcdRegistry:
                 if failures == 1:
                     failing_since = time.monotonic()
                     logger.error(
-                        "%r: keepalive of %s failing, retrying until it works: %s",
+                        "%r: keeping %s registered is failing, retrying until it works: %s",
                         self,
                         ident,
                         _describe(exc),
@@ -434,7 +438,7 @@ class EtcdRegistry:
                 continue
             if failures:
                 logger.warning(
-                    "%r: keepalive of %s works again after %d failures in %.1fs",
+                    "%r: keeping %s registered works again after %d failures in %.1fs",
                     self,
                     ident,
                     failures,

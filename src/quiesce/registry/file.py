@@ -58,6 +58,9 @@ class FileRegistry:
             directory should use the same ttl.
         poll_interval: seconds between two looks at the directory while watching.
 
+    Raises:
+        ConfigError: ``ttl`` or ``poll_interval`` is not positive.
+
     """
 
     def __init__(
