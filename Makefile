@@ -50,6 +50,11 @@ test: lint types pytest pytest-py313
 bench: $(STAMP)
 	$(BIN)/python bench/spawn.py
 	$(BIN)/python bench/idle_stop.py
+	$(BIN)/python bench/grpc_ready.py
+	$(BIN)/python bench/registry_notice.py
+	$(BIN)/python bench/ready_time.py
+	$(BIN)/python bench/http_stop.py
+	$(BIN)/python bench/http_throughput.py
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .ruff_cache .pytest_cache

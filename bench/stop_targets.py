@@ -1,12 +1,53 @@
-"""Small idle servers whose SIGTERM-to-exit time the stop benchmarks compare.
+"""Small servers whose stop (and throughput) the benchmarks compare.
 
-``python bench/stop_targets.py KIND PORT`` where KIND is one of :data:`KINDS`.
+``python bench/stop_targets.py KIND [OPTION] PORT`` where KIND is one of
+:data:`KINDS`; the port comes last so that :func:`stoptime.stop_once` can
+append it. The HTTP kinds serve the same two routes: ``/`` answers ``ok``,
+``/sleep?ms=N`` answers ``ok`` after N milliseconds. Their OPTION is a stop
+timeout in seconds: ``HTTPServer(stop_timeout=...)`` for quiesce,
+``shutdown_timeout`` for aiohttp, ``--timeout-graceful-shutdown`` for uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+BENCH = Path(__file__).resolve().parent
+
+_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
+}
+_BODY = {"type": "http.response.body", "body": b"ok"}
+
+
+async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """A trivial ASGI app with a lifespan; ``/sleep?ms=N`` waits N ms before answering."""
+    if scope["type"] == "http":
+        if scope["path"] == "/sleep":
+            ms = int(scope["query_string"].partition(b"=")[2] or b"300")
+            await asyncio.sleep(ms / 1000)
+        await send(_START)
+        await send(_BODY)
+    elif scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 def quiesce_stream(port: int) -> None:
@@ -20,21 +61,95 @@ def quiesce_stream(port: int) -> None:
     App(name="bench", servers=[StreamServer(echo, port=port)]).run()
 
 
-def aiohttp_app(port: int) -> None:
+def quiesce_http(port: int, stop_timeout: str | None = None) -> None:
+    """:data:`asgi_app` through ``HTTPServer`` in an ``App`` (uvloop, httptools, no access log)."""
+    from quiesce import App
+    from quiesce.servers.asgi import HTTPServer
+
+    server = HTTPServer(
+        asgi_app,
+        port=port,
+        stop_timeout=None if stop_timeout is None else float(stop_timeout),
+        http="httptools",
+        access_log=False,
+    )
+    App(name="bench", servers=[server]).run()
+
+
+def quiesce_http_freeze(port: int, stop_timeout: str | None = None) -> None:
+    """``quiesce-http`` with ``gc.freeze()`` at exit: the proposed exit, measured side by side.
+
+    CPython's finalization runs full collections over every object still tracked
+    (~40-80 ms here for an app with uvicorn loaded); frozen objects are skipped,
+    while atexit handlers, ``weakref.finalize`` and the stdio flush still run.
+    """
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+    quiesce_http(port, stop_timeout)
+
+
+def uvicorn_cli_argv(port: int, *options: str) -> list[str]:
+    """The bare uvicorn CLI serving :data:`asgi_app` with the options ``quiesce_http`` uses."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "stop_targets:asgi_app",
+        "--app-dir",
+        str(BENCH),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *options,
+    ]
+
+
+def uvicorn_cli(port: int, graceful_timeout: str | None = None) -> None:
+    """Become the uvicorn CLI (same pid, so signals and exit times are the CLI's own)."""
+    options = [] if graceful_timeout is None else ["--timeout-graceful-shutdown", graceful_timeout]
+    argv = uvicorn_cli_argv(port, *options)
+    os.execv(argv[0], argv)
+
+
+def aiohttp_app(port: int, shutdown_timeout: str | None = None) -> None:
     from aiohttp import web
 
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def sleep(request: web.Request) -> web.Response:
+        await asyncio.sleep(int(request.query.get("ms", "300")) / 1000)
+        return web.Response(text="ok")
+
     app = web.Application()
     app.router.add_get("/", ok)
-    web.run_app(app, host="127.0.0.1", port=port, print=None)
+    app.router.add_get("/sleep", sleep)
+    options: dict[str, Any] = {}
+    if shutdown_timeout is not None:
+        options["shutdown_timeout"] = float(shutdown_timeout)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, **options)
 
 
-KINDS = {"quiesce-stream": quiesce_stream, "aiohttp": aiohttp_app}
+KINDS: dict[str, Callable[..., None]] = {
+    "quiesce-stream": quiesce_stream,
+    "quiesce-http": quiesce_http,
+    "quiesce-http+freeze": quiesce_http_freeze,
+    "uvicorn-cli": uvicorn_cli,
+    "aiohttp": aiohttp_app,
+}
 
 if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    KINDS[sys.argv[1]](int(sys.argv[2]))
+    KINDS[sys.argv[1]](int(sys.argv[-1]), *sys.argv[2:-1])

@@ -1,0 +1,180 @@
+"""Throughput and p99 latency: a trivial ASGI app through ``HTTPServer`` vs the uvicorn CLI.
+
+Both serve :func:`stop_targets.asgi_app` on uvloop with httptools and no
+access log: ours as ``App(servers=[HTTPServer(app, http="httptools",
+access_log=False)]).run()``, the CLI as ``uvicorn --loop uvloop --http
+httptools --no-access-log``. Both servers run for the whole benchmark, pinned
+to one core, and ``wrk`` (a separate process, loopback) to the other; each
+server gets an unmeasured warm-up, then the kinds alternate back to back, the
+first of each pair swapping every pair, so that other work on the machine
+hits both alike. Each run also reports the user CPU that other processes
+took on the server's core ("foreign"); pairs where it exceeds
+:data:`CLEAN_FOREIGN` are left out of the "clean pairs" line.
+Goals: throughput >= 0.98x the CLI, p99 <= 1.05x.
+
+Run: ``python bench/http_throughput.py [pairs] [seconds]`` (default 10 pairs of 2 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from stoptime import serving
+
+PY = sys.executable
+TARGET = "bench/stop_targets.py"
+KINDS = {"quiesce-http": [PY, TARGET, "quiesce-http"], "uvicorn-cli": [PY, TARGET, "uvicorn-cli"]}
+SERVER_CPU = 0
+LOAD_CPU = 1
+CONNECTIONS = 50
+WARMUP = 2
+#: A pair counts as clean when other processes took less than this share of the server core.
+CLEAN_FOREIGN = 0.05
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Run(NamedTuple):
+    """What one wrk run measured."""
+
+    rps: float
+    p50: float  # seconds
+    p99: float  # seconds
+    errors: int
+    foreign: float  # share of the server core's time other processes spent in user mode
+
+
+def cpu_user_ticks(cpu: int) -> int:
+    """User + nice ticks of one core, from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                fields = line.split()
+                return int(fields[1]) + int(fields[2])
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+def process_user_ticks(pid: int) -> int:
+    """User ticks of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11])  # utime: field 14, counted from the state (field 3)
+
+
+def wrk(port: int, seconds: int, server_pid: int) -> Run:
+    """One bounded ``wrk`` run against ``port``, pinned to the load core."""
+    before = cpu_user_ticks(SERVER_CPU), process_user_ticks(server_pid), time.monotonic()
+    out = subprocess.run(
+        [
+            *("taskset", "-c", str(LOAD_CPU)),
+            *("wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"),
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    core = cpu_user_ticks(SERVER_CPU) - before[0]
+    server = process_user_ticks(server_pid) - before[1]
+    foreign = max(0, core - server) / TICK / (time.monotonic() - before[2])
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if rps is None or p50 is None or p99 is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    count = int(errors.group(1)) if errors else 0
+    if socket_errors:
+        count += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return Run(
+        float(rps.group(1)),
+        float(p50.group(1)) * UNITS[p50.group(2)],
+        float(p99.group(1)) * UNITS[p99.group(2)],
+        count,
+        foreign,
+    )
+
+
+def show(name: str, run: Run) -> str:
+    errors = f", {run.errors} errors" if run.errors else ""
+    return (
+        f"{name} {run.rps:6.0f} req/s p50 {run.p50 * 1e3:5.2f} ms p99 {run.p99 * 1e3:6.2f} ms "
+        f"foreign {run.foreign:4.0%}{errors}"
+    )
+
+
+def ratios(pairs: Sequence[tuple[Run, Run]]) -> str:
+    rps = statistics.median(a.rps / b.rps for a, b in pairs)
+    p99 = statistics.median(a.p99 / b.p99 for a, b in pairs)
+    return f"throughput {rps:.3f}, p99 {p99:.3f}"
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main(count: int, seconds: int) -> None:
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("http_throughput: skipped, needs wrk and taskset (apt-get install -y wrk)")
+        return
+    print(
+        f"wrk -t1 -c{CONNECTIONS} -d{seconds}s --latency; servers on cpu {SERVER_CPU}, "
+        f"wrk on cpu {LOAD_CPU}; {count} pairs; load average {load_average()}"
+    )
+    runs: dict[str, list[Run]] = {name: [] for name in KINDS}
+    names = list(KINDS)
+    with contextlib.ExitStack() as stack:
+        # Both servers stay up (the idle one costs nothing) so that each pair runs back to back.
+        servers = {}
+        for name, command in KINDS.items():
+            proc, port = stack.enter_context(serving(command, cpus=str(SERVER_CPU)))
+            servers[name] = port, proc.pid
+            wrk(port, WARMUP, proc.pid)
+        for pair in range(count):
+            order = names if pair % 2 == 0 else names[::-1]
+            for name in order:
+                port, pid = servers[name]
+                runs[name].append(wrk(port, seconds, pid))
+            ours, cli = runs["quiesce-http"][-1], runs["uvicorn-cli"][-1]
+            print(
+                f"pair {pair + 1:2}: {show('quiesce', ours)} | {show('cli', cli)} | "
+                f"ratio rps {ours.rps / cli.rps:.3f} p99 {ours.p99 / cli.p99:.3f}"
+            )
+    for name, rs in runs.items():
+        print(
+            f"{name:>14} median: {statistics.median(r.rps for r in rs):6.0f} req/s "
+            f"p50 {statistics.median(r.p50 for r in rs) * 1e3:5.2f} ms "
+            f"p99 {statistics.median(r.p99 for r in rs) * 1e3:6.2f} ms"
+            f"{f', {sum(r.errors for r in rs)} errors' if any(r.errors for r in rs) else ''}"
+        )
+    ours_runs, cli_runs = runs["quiesce-http"], runs["uvicorn-cli"]
+    rps = statistics.median(r.rps for r in ours_runs) / statistics.median(r.rps for r in cli_runs)
+    p99 = statistics.median(r.p99 for r in ours_runs) / statistics.median(r.p99 for r in cli_runs)
+    print(f"ratio of medians: throughput {rps:.3f} (goal >= 0.98), p99 {p99:.3f} (goal <= 1.05)")
+    pairs = list(zip(ours_runs, cli_runs, strict=True))
+    print(f"median of pair ratios: {ratios(pairs)}")
+    clean = [(a, b) for a, b in pairs if max(a.foreign, b.foreign) < CLEAN_FOREIGN]
+    if len(clean) >= 3:
+        print(f"median of clean pair ratios ({len(clean)} pairs): {ratios(clean)}")
+    else:
+        print(f"only {len(clean)} clean pairs (foreign < {CLEAN_FOREIGN:.0%}): machine too busy")
+    print(f"load average after: {load_average()}")
+
+
+if __name__ == "__main__":
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 10,
+        int(sys.argv[2]) if len(sys.argv) > 2 else 2,
+    )
