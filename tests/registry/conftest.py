@@ -114,8 +114,15 @@ def make_tls(folder: Path) -> TLS:
     ca, ca_key = folder / "ca.pem", folder / "ca-key.pem"
     cert, key, csr = folder / "server.pem", folder / "server-key.pem", folder / "server.csr"
     ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    ca_req = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    # The extensions Python 3.13's strict verification (VERIFY_X509_STRICT) insists on.
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE"]
+    ca_ext += ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    ca_req = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", *ca_ext]
     csr_req = ["req", "-newkey", "rsa:2048", "-nodes"]
     sign = ["x509", "-req", "-days", "2", "-CAcreateserial", "-extfile", str(ext)]
     steps = [
