@@ -355,3 +355,34 @@ async def test_resource_value_is_still_readable_while_it_closes() -> None:
     report = await app.serve()
     assert seen == ["connections"]
     assert report.exit_code == ExitCode.OK
+
+
+async def test_registry_password_never_reaches_the_report() -> None:
+    app = App(name="svc", registry="etcd://quiesce:s3cret@127.0.0.1:1?timeout=0.2")
+    report = await app.serve()
+    assert report.exit_code == ExitCode.FAILED
+    assert report.error is not None
+    assert "etcd://quiesce:***@127.0.0.1:1?timeout=0.2" in report.error
+    assert "s3cret" not in report.to_json()
+
+
+async def test_registry_not_required_serves_while_registration_keeps_trying() -> None:
+    app = App(
+        name="svc",
+        servers=[StreamServer(echo, name="tcp")],
+        registry="etcd://127.0.0.1:1?timeout=0.2",
+        registry_required=False,
+        registry_timeout=0.5,
+    )
+    served: list[bool] = []
+
+    @app.after_start
+    def ready() -> None:
+        served.append(app.state is State.RUNNING)
+        app.stop()
+
+    async with asyncio.timeout(10):
+        report = await app.serve()
+    assert served == [True]
+    assert report.error is None
+    assert all(r.outcome is Outcome.OK for r in report.start)

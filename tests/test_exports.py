@@ -14,6 +14,7 @@ EXPECTED = [
     "AppInfo",
     "ConfigError",
     "DependencyCycleError",
+    "Discovery",
     "ExitCode",
     "GRPCServer",
     "Guard",
@@ -25,6 +26,7 @@ EXPECTED = [
     "PhaseRecord",
     "QuiesceError",
     "Registry",
+    "RegistryError",
     "Report",
     "Resource",
     "Server",
@@ -32,6 +34,7 @@ EXPECTED = [
     "StartError",
     "State",
     "StoppedError",
+    "Watch",
 ]
 
 

@@ -20,7 +20,7 @@ from quiesce.errors import (
     StoppedError,
 )
 from quiesce.phases import Outcome, PhaseRecord, State
-from quiesce.registry import Instance, Registry
+from quiesce.registry import Discovery, Instance, Registry, RegistryError, Watch
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource
 from quiesce.servers import Server
@@ -54,6 +54,7 @@ __all__ = [
     "AppInfo",
     "ConfigError",
     "DependencyCycleError",
+    "Discovery",
     "ExitCode",
     "GRPCServer",
     "Guard",
@@ -65,6 +66,7 @@ __all__ = [
     "PhaseRecord",
     "QuiesceError",
     "Registry",
+    "RegistryError",
     "Report",
     "Resource",
     "Server",
@@ -72,6 +74,7 @@ __all__ = [
     "StartError",
     "State",
     "StoppedError",
+    "Watch",
 ]
 
 __version__ = "0.1.0"

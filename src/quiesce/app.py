@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from quiesce import ordering
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
@@ -96,6 +97,8 @@ class App:
             ``resources`` (default: a fifth of ``stop_timeout``, at most 5 s).
         cancel_grace: seconds cancelled tasks get to unwind when the deadline cuts them.
         registry_timeout: bound on each registry call at start and at stop.
+        registry_required: when registration fails at start, fail the start (True), or
+            serve anyway and keep registering in the background (False).
 
     """
 
@@ -117,6 +120,7 @@ class App:
         cleanup_reserve: float | None = None,
         cancel_grace: float = 0.5,
         registry_timeout: float = 5.0,
+        registry_required: bool = True,
         report_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
@@ -134,6 +138,7 @@ class App:
         self._cleanup_reserve = cleanup_reserve
         self.cancel_grace = cancel_grace
         self.registry_timeout = registry_timeout
+        self.registry_required = registry_required
         self.report_file = report_file
 
         #: Set once every server is ready (and the instance registered), before ``after_start``.
@@ -426,15 +431,9 @@ class App:
         _raise_if_failed(rec)
 
         # Register the instance with the real endpoints.
-        async with seq.step("register", min(self.registry_timeout, deadline.remaining())) as rec:
+        async with seq.step("register", deadline.remaining()) as rec:
             if self._registry is not None:
-                self._instance = Instance(**vars(self.info))
-                rec.waited_for.append(f"registry {self.registry!r}")
-                try:
-                    await self._registry.register(self._instance)
-                except Exception as exc:
-                    raise StartError(f"registry {self.registry!r}", exc) from exc
-                self._ran.add("registered")
+                await self._register(rec, min(self.registry_timeout, deadline.remaining()))
         _raise_if_failed(rec)
 
         # Ready: readiness turns true, periodic jobs begin, crashes are watched.
@@ -474,7 +473,7 @@ class App:
             budget = min(self.registry_timeout, deadline.remaining(reserve))
             async with seq.step("deregister", budget) as rec:
                 assert self._instance is not None
-                rec.waited_for.append(f"registry {self.registry!r}")
+                rec.waited_for.append(f"registry {self._registry_label()}")
                 await self._registry.deregister(self._instance)
         else:
             seq.skip("deregister", "not registered")
@@ -510,6 +509,29 @@ class App:
                         await res.close()
                     except Exception as exc:
                         rec.error(f"resource {res.name}", exc)
+
+    async def _register(self, rec: PhaseRecord, timeout: float) -> None:
+        assert self._registry is not None
+        self._instance = Instance(**vars(self.info))
+        where = f"registry {self._registry_label()}"
+        rec.waited_for.append(where)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._registry.register(self._instance)
+        except Exception as exc:
+            cause: BaseException | str = exc
+            if isinstance(exc, TimeoutError):
+                cause = f"no answer within registry_timeout={self.registry_timeout:g}s"
+            keep_registered = getattr(self._registry, "keep_registered", None)
+            if self.registry_required or keep_registered is None:
+                raise StartError(where, cause) from exc
+            logger.warning(
+                "%s: %s; serving anyway, registering in the background",
+                where,
+                cause if isinstance(cause, str) else describe(cause),
+            )
+            keep_registered(self._instance)
+        self._ran.add("registered")
 
     # -- stop helpers ----------------------------------------------------------
 
@@ -702,6 +724,16 @@ class App:
             if bind is not None:
                 bind(self)
 
+    def _registry_label(self) -> str:
+        """The registry as the user named it, with any password masked."""
+        if not isinstance(self.registry, str):
+            return repr(self.registry)
+        parts = urlsplit(self.registry)
+        if parts.password is None:
+            return self.registry
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+
     def _server_graph(self) -> dict[str, list[str]]:
         return {s.name: list(s.depends_on) for s in self.servers}
 
@@ -790,3 +822,5 @@ def _configure_logging() -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        # httpx logs every request at INFO: the registry keepalive would fill the log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)

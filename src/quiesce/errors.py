@@ -7,7 +7,8 @@
     │   └── DependencyCycleError a depends_on cycle, named edge by edge
     ├── StartError               a part failed to start; exit code 1
     ├── ServerExitedError        a server stopped serving on its own; exit code 1
-    └── StoppedError             spawn/guard after the task phase ended
+    ├── StoppedError             spawn/guard after the task phase ended
+    └── RegistryError            a registry call failed (quiesce.registry; cause chained)
 """
 
 from __future__ import annotations
