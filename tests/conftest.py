@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,26 @@ def service(tmp_path: Path) -> Iterator[Any]:
     yield start
     for svc in started:
         svc.close()
+
+
+def check_port_in_use_fails_start(
+    start: Callable[..., Service], module: str, case: str, server: str
+) -> None:
+    """Run ``case`` with its server on a port already taken: exit 1, one ERROR line, no traceback.
+
+    The busy port is passed as the case's first argument after the report file.
+    """
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        svc = start(module, case, str(port))
+        assert svc.wait() == 1, svc.output
+    errors = [line for line in svc.lines if "ERROR" in line]
+    assert len(errors) == 1, svc.output
+    assert f"server '{server}'" in errors[0]
+    assert str(port) in errors[0]
+    assert "Traceback" not in svc.output
 
 
 @pytest.fixture

@@ -240,6 +240,17 @@ CASES: dict[str, Callable[[App], None]] = {
 }
 
 
+def run_case(app: App, case: Callable[[App], None]) -> None:
+    """Apply ``case`` to ``app``, announce readiness with an event, run until stopped."""
+    case(app)
+
+    @app.after_start
+    def ready() -> None:
+        event("ready")
+
+    app.run()
+
+
 def main() -> None:
     case, report_file = sys.argv[1], sys.argv[2]
     app = App(
@@ -249,13 +260,7 @@ def main() -> None:
         stop_timeout=10.0,
         report_file=report_file,
     )
-    CASES[case](app)
-
-    @app.after_start
-    def ready() -> None:
-        event("ready")
-
-    app.run()
+    run_case(app, CASES[case])
 
 
 if __name__ == "__main__":

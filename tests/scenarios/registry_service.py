@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from quiesce import App
 
-from .lifecycle import ProbeServer, event
+from .lifecycle import ProbeServer, run_case
 
 #: The drain delay of the ``drain`` case; the test checks the watcher-to-close gap against it.
 DRAIN_DELAY = 1.0
@@ -52,13 +52,7 @@ def main() -> None:
         stop_timeout=10.0,
         report_file=report_file,
     )
-    CASES[case](app)
-
-    @app.after_start
-    def ready() -> None:
-        event("ready")
-
-    app.run()
+    run_case(app, CASES[case])
 
 
 if __name__ == "__main__":

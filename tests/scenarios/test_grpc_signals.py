@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import Service
+from conftest import Service, check_port_in_use_fails_start
 from scenarios.grpc_service import SLEEP
 
 MODULE = "tests.scenarios.grpc_service"
@@ -100,14 +99,4 @@ async def test_sigterm_flips_health_finishes_calls_then_refuses(service: Start) 
 
 
 def test_port_in_use_exits_1_naming_server_and_port(service: Start) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        svc = service(MODULE, "port_in_use", str(port))
-        assert svc.wait() == 1, svc.output
-    errors = [line for line in svc.lines if "ERROR" in line]
-    assert len(errors) == 1, svc.output
-    assert "server 'rpc'" in errors[0]
-    assert f"127.0.0.1:{port}" in errors[0]
-    assert "Traceback" not in svc.output
+    check_port_in_use_fails_start(service, MODULE, "port_in_use", "rpc")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 import websockets
 
-from conftest import Service
+from conftest import Service, check_port_in_use_fails_start
 
 MODULE = "tests.scenarios.http_service"
 WARM_UP = 200  # successful requests before the signal
@@ -189,17 +189,7 @@ def test_websocket_that_ignores_stopping_is_closed_1001_and_reported(
 
 
 def test_port_in_use_exits_1_naming_server_and_port(service: Start) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        svc = service(MODULE, "busy", str(port))
-        assert svc.wait() == 1, svc.output
-    errors = [line for line in svc.lines if "ERROR" in line]
-    assert len(errors) == 1, svc.output
-    assert "server 'http'" in errors[0]
-    assert f"127.0.0.1:{port}" in errors[0]
-    assert "Traceback" not in svc.output
+    check_port_in_use_fails_start(service, MODULE, "busy", "http")
 
 
 def test_lifespan_startup_failure_exits_1_with_one_line(service: Start, free_port: int) -> None:

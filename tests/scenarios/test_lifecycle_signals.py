@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from collections.abc import Callable
 
-from conftest import Service
+from conftest import Service, check_port_in_use_fails_start
 from quiesce.signals import REPEAT_WINDOW
 
 MODULE = "tests.scenarios.lifecycle"
@@ -89,17 +88,7 @@ def test_failed_server_start_stops_the_other_and_names_the_culprit(service: Star
 
 
 def test_port_in_use_fails_start_naming_server_and_port(service: Start) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        svc = service(MODULE, "port_in_use", str(port))
-        assert svc.wait() == 1, svc.output
-    errors = [line for line in svc.lines if "ERROR" in line]
-    assert len(errors) == 1, svc.output
-    assert "server 'busy'" in errors[0]
-    assert str(port) in errors[0]
-    assert "Traceback" not in svc.output
+    check_port_in_use_fails_start(service, MODULE, "port_in_use", "busy")
 
 
 def test_dependency_cycle_exits_2_with_one_line_and_binds_nothing(service: Start) -> None:
