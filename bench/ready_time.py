@@ -1,6 +1,6 @@
 """Ready time of HTTP + gRPC in one App against the slower of the two alone (goal <= 1.10x).
 
-Three kinds, each an ``App`` timed in-process from ``serve()`` to ``app.ready``:
+(a) Three kinds, each an ``App`` timed in-process from ``serve()`` to ``app.ready``:
 ``HTTPServer`` alone (a trivial ASGI app with a lifespan, httptools), a
 ``GRPCServer`` alone (a factory building a grpc.aio server with one echo
 method, the health service on) and both together, which start concurrently.
@@ -9,39 +9,35 @@ timed). The loop is uvloop when installed, as in ``App.run()``. One warm-up
 round (imports, grpc's first init) is not counted; the kinds alternate round
 by round, the order rotating.
 
-Run: ``python bench/ready_time.py [rounds]`` (default 100).
+(b) The same three as processes (``App.run()``), from spawning the interpreter
+to every port accepting: imports included, which (a) leaves out and which
+add up rather than overlap (uvicorn and grpc are imported one after the other).
+
+Run: ``python bench/ready_time.py [rounds]`` (default 100 in-process, 6 process rounds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
-from stop_targets import asgi_app
+from stop_targets import asgi_app, grpc_echo_server
+from stoptime import free_port
 
 from quiesce import App
 from quiesce.servers.asgi import HTTPServer
 from quiesce.servers.grpc import GRPCServer
 
 SERVICE = "bench.Echo"
+TARGET = str(Path(__file__).with_name("stop_targets.py"))
 Build = Callable[[], list[HTTPServer | GRPCServer]]
-
-
-async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    return request
-
-
-def build_grpc() -> grpc.aio.Server:
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(echo)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),)
-    )
-    return server
 
 
 def http() -> HTTPServer:
@@ -49,7 +45,7 @@ def http() -> HTTPServer:
 
 
 def grpc_server() -> GRPCServer:
-    return GRPCServer(build_grpc, port=0)
+    return GRPCServer(grpc_echo_server, port=0)
 
 
 KINDS: dict[str, Build] = {
@@ -94,7 +90,23 @@ async def once(build: Build) -> float:
     return took
 
 
-async def main(rounds: int) -> None:
+def report(times: dict[str, list[float]], rounds: int) -> None:
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    for name, samples in times.items():
+        print(
+            f"{name:>14}: median {medians[name] * 1e3:7.2f} ms "
+            f"(min {min(samples) * 1e3:.2f} max {max(samples) * 1e3:.2f})"
+        )
+    slower = max(medians["http"], medians["grpc"])
+    summed = medians["http"] + medians["grpc"]
+    print(
+        f"    http+grpc / slower alone: {medians['http+grpc'] / slower:.2f} (goal <= 1.10); "
+        f"/ sum of both: {medians['http+grpc'] / summed:.2f}  ({rounds} rounds, alternating)"
+    )
+
+
+async def in_process(rounds: int) -> None:
+    print("(a) in-process, App.serve() -> app.ready")
     names = list(KINDS)
     for name in names:  # warm-up, not counted
         await once(KINDS[name])
@@ -102,32 +114,65 @@ async def main(rounds: int) -> None:
     for r in range(rounds):
         for name in names[r % 3 :] + names[: r % 3]:
             times[name].append(await once(KINDS[name]))
-    medians = {name: statistics.median(samples) for name, samples in times.items()}
-    for name, samples in times.items():
-        print(
-            f"{name:>10}: median {medians[name] * 1e3:6.2f} ms "
-            f"(min {min(samples) * 1e3:.2f} max {max(samples) * 1e3:.2f})"
-        )
-    slower = max(medians["http"], medians["grpc"])
-    summed = medians["http"] + medians["grpc"]
-    print(
-        f"http+grpc / slower alone: {medians['http+grpc'] / slower:.2f} (goal <= 1.10); "
-        f"/ sum of both: {medians['http+grpc'] / summed:.2f}  ({rounds} rounds, alternating)"
-    )
+    report(times, rounds)
 
 
-def run(rounds: int) -> None:
+def run_in_process(rounds: int) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main(rounds))
+        asyncio.run(in_process(rounds))
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(rounds))
+        runner.run(in_process(rounds))
+
+
+#: The children of (b), from ``stop_targets.py``: only what each kind needs gets imported.
+TARGETS = {"http": "quiesce-http", "grpc": "quiesce-grpc", "http+grpc": "quiesce-http+grpc"}
+
+
+def spawn_to_ready(kind: str, timeout: float = 20.0) -> float:
+    """Seconds from spawning a ``stop_targets.py`` child to every one of its ports accepting."""
+    ports = [free_port() for _ in kind.split("+")]
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, TARGET, TARGETS[kind], *map(str, reversed(ports))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        waiting = list(ports)
+        while waiting and time.perf_counter() - began < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} exited early with {proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2):
+                    waiting.pop(0)
+            except OSError:
+                time.sleep(0.001)
+        if waiting:
+            raise RuntimeError(f"{kind}: nothing listens on {waiting} after {timeout}s")
+        return time.perf_counter() - began
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def processes(rounds: int) -> None:
+    print("(b) processes, spawn -> every port accepting (imports included)")
+    names = list(KINDS)
+    spawn_to_ready("http+grpc")  # warm the page cache, not counted
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % 3 :] + names[: r % 3]:
+            times[name].append(spawn_to_ready(name))
+    report(times, rounds)
 
 
 if __name__ == "__main__":
     import logging
 
     logging.disable(logging.INFO)  # the app logs every phase; keep the output to the numbers
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else 100)
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    run_in_process(rounds or 100)
+    processes(rounds or 6)

@@ -2,7 +2,8 @@
 
 ``python bench/stop_targets.py KIND [OPTION] PORT`` where KIND is one of
 :data:`KINDS`; the port comes last so that :func:`stoptime.stop_once` can
-append it. The HTTP kinds serve the same two routes: ``/`` answers ``ok``,
+append it (``quiesce-http+grpc`` takes the gRPC port before it). The HTTP
+kinds serve the same two routes: ``/`` answers ``ok``,
 ``/sleep?ms=N`` answers ``ok`` after N milliseconds. Their OPTION is a stop
 timeout in seconds: ``HTTPServer(stop_timeout=...)`` for quiesce,
 ``shutdown_timeout`` for aiohttp, ``--timeout-graceful-shutdown`` for uvicorn.
@@ -15,7 +16,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -90,6 +94,40 @@ def quiesce_http_freeze(port: int, stop_timeout: str | None = None) -> None:
     quiesce_http(port, stop_timeout)
 
 
+def grpc_echo_server() -> grpc.aio.Server:
+    """A grpc.aio server with one unary method, ``/bench.Echo/Echo``, that echoes its bytes."""
+    import grpc
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+    )
+    return server
+
+
+def quiesce_grpc(port: int) -> None:
+    """:func:`grpc_echo_server` through ``GRPCServer`` in an ``App``."""
+    from quiesce import App
+    from quiesce.servers.grpc import GRPCServer
+
+    App(name="bench", servers=[GRPCServer(grpc_echo_server, port=port)]).run()
+
+
+def quiesce_http_grpc(port: int, grpc_port: str) -> None:
+    """Both in one ``App``: ``quiesce-http+grpc GRPC_PORT HTTP_PORT``."""
+    from quiesce import App
+    from quiesce.servers.asgi import HTTPServer
+    from quiesce.servers.grpc import GRPCServer
+
+    http = HTTPServer(asgi_app, port=port, http="httptools", access_log=False)
+    grpc_server = GRPCServer(grpc_echo_server, port=int(grpc_port))
+    App(name="bench", servers=[http, grpc_server]).run()
+
+
 def uvicorn_cli_argv(port: int, *options: str) -> list[str]:
     """The bare uvicorn CLI serving :data:`asgi_app` with the options ``quiesce_http`` uses."""
     return [
@@ -144,6 +182,8 @@ KINDS: dict[str, Callable[..., None]] = {
     "quiesce-stream": quiesce_stream,
     "quiesce-http": quiesce_http,
     "quiesce-http+freeze": quiesce_http_freeze,
+    "quiesce-grpc": quiesce_grpc,
+    "quiesce-http+grpc": quiesce_http_grpc,
     "uvicorn-cli": uvicorn_cli,
     "aiohttp": aiohttp_app,
 }
