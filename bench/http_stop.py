@@ -103,8 +103,8 @@ async def loaded_stop(command: Sequence[str], clients: int, path: str) -> Stop:
             try:
                 async with asyncio.timeout(EXIT_TIMEOUT):
                     exit_at = await exited
-            except TimeoutError:
-                exit_at = float("nan")
+            except TimeoutError:  # reported as nan and no exit code; serving() kills it
+                return Stop(signalled, float("nan"), None, responses)
             return Stop(signalled, exit_at, proc.wait(timeout=5), responses)
         finally:
             exited.cancel()

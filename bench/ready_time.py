@@ -9,11 +9,16 @@ timed). The loop is uvloop when installed, as in ``App.run()``. One warm-up
 round (imports, grpc's first init) is not counted; the kinds alternate round
 by round, the order rotating.
 
-(b) The same three as processes (``App.run()``), from spawning the interpreter
-to every port accepting: imports included, which (a) leaves out and which
+(b) As (a), but each start also waits: the ASGI lifespan startup sleeps 50 ms
+and the gRPC factory is async and sleeps 80 ms. Here concurrency shows: the
+pair should take the slower's time, where in (a) there is nothing to overlap
+(both starts are synchronous work on the one event loop thread).
+
+(c) The same three as processes (``App.run()``), from spawning the interpreter
+to every port accepting: imports included, which (a) and (b) leave out and which
 add up rather than overlap (uvicorn and grpc are imported one after the other).
 
-Run: ``python bench/ready_time.py [rounds]`` (default 100 in-process, 6 process rounds).
+Run: ``python bench/ready_time.py [rounds]`` (default: 100 (a), 10 (b), 6 (c) rounds).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from stop_targets import asgi_app, grpc_echo_server
+from stop_targets import Receive, Scope, Send, asgi_app, grpc_echo_server
 from stoptime import free_port
 
 from quiesce import App
@@ -52,6 +57,41 @@ KINDS: dict[str, Build] = {
     "http": lambda: [http()],
     "grpc": lambda: [grpc_server()],
     "http+grpc": lambda: [http(), grpc_server()],
+}
+
+#: (b): what each start waits for (an ASGI lifespan startup, an async gRPC factory).
+HTTP_WAIT = 0.05
+GRPC_WAIT = 0.08
+
+
+async def waiting_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """:func:`stop_targets.asgi_app` whose lifespan startup waits :data:`HTTP_WAIT` s."""
+    if scope["type"] != "lifespan":
+        return await asgi_app(scope, receive, send)
+    await receive()  # lifespan.startup
+    await asyncio.sleep(HTTP_WAIT)
+    await send({"type": "lifespan.startup.complete"})
+    await receive()  # lifespan.shutdown
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def waiting_grpc_server() -> grpc.aio.Server:
+    await asyncio.sleep(GRPC_WAIT)
+    return grpc_echo_server()
+
+
+def waiting_http() -> HTTPServer:
+    return HTTPServer(waiting_app, port=0, http="httptools", access_log=False)
+
+
+def waiting_grpc() -> GRPCServer:
+    return GRPCServer(waiting_grpc_server, port=0)
+
+
+WAITING_KINDS: dict[str, Build] = {
+    "http": lambda: [waiting_http()],
+    "grpc": lambda: [waiting_grpc()],
+    "http+grpc": lambda: [waiting_http(), waiting_grpc()],
 }
 
 
@@ -105,26 +145,35 @@ def report(times: dict[str, list[float]], rounds: int) -> None:
     )
 
 
-async def in_process(rounds: int) -> None:
-    print("(a) in-process, App.serve() -> app.ready")
-    names = list(KINDS)
+async def alternate(kinds: dict[str, Build], rounds: int) -> None:
+    names = list(kinds)
     for name in names:  # warm-up, not counted
-        await once(KINDS[name])
+        await once(kinds[name])
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % 3 :] + names[: r % 3]:
-            times[name].append(await once(KINDS[name]))
+            times[name].append(await once(kinds[name]))
     report(times, rounds)
 
 
-def run_in_process(rounds: int) -> None:
+async def in_process(rounds: int, waiting_rounds: int) -> None:
+    print("(a) in-process, App.serve() -> app.ready; both starts are CPU only, on one loop")
+    await alternate(KINDS, rounds)
+    print(
+        f"(b) in-process, starts that wait: lifespan startup {HTTP_WAIT * 1e3:.0f} ms, "
+        f"async gRPC factory {GRPC_WAIT * 1e3:.0f} ms"
+    )
+    await alternate(WAITING_KINDS, waiting_rounds)
+
+
+def run_in_process(rounds: int, waiting_rounds: int) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(in_process(rounds))
+        asyncio.run(in_process(rounds, waiting_rounds))
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(in_process(rounds))
+        runner.run(in_process(rounds, waiting_rounds))
 
 
 #: The children of (b), from ``stop_targets.py``: only what each kind needs gets imported.
@@ -159,7 +208,7 @@ def spawn_to_ready(kind: str, timeout: float = 20.0) -> float:
 
 
 def processes(rounds: int) -> None:
-    print("(b) processes, spawn -> every port accepting (imports included)")
+    print("(c) processes, spawn -> every port accepting (imports included)")
     names = list(KINDS)
     spawn_to_ready("http+grpc")  # warm the page cache, not counted
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -174,5 +223,5 @@ if __name__ == "__main__":
 
     logging.disable(logging.INFO)  # the app logs every phase; keep the output to the numbers
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else None
-    run_in_process(rounds or 100)
+    run_in_process(rounds or 100, rounds or 10)
     processes(rounds or 6)
