@@ -222,7 +222,7 @@ async def test_stop_from_another_thread_is_safe_and_idempotent() -> None:
     async def ready() -> None:
         def from_thread() -> None:
             app.stop("thread one")
-            app.stop("thread two")
+            app.stop("thread two")  # may land after the run ended: must not raise
 
         threading.Thread(target=from_thread).start()
 
@@ -385,4 +385,5 @@ async def test_registry_not_required_serves_while_registration_keeps_trying() ->
         report = await app.serve()
     assert served == [True]
     assert report.error is None
-    assert all(r.outcome is Outcome.OK for r in report.start)
+    (register,) = [r for r in report.start if r.name == "register"]
+    assert register.outcome is Outcome.OK

@@ -13,6 +13,7 @@ of it by ``stop_timeout``, with a reserve kept so that ``after_stop`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -355,7 +356,8 @@ class App:
         elif _in_loop_thread(loop):
             self._request_stop(reason)
         else:
-            loop.call_soon_threadsafe(self._request_stop, reason)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+                loop.call_soon_threadsafe(self._request_stop, reason)
 
     # -- the lifecycle ---------------------------------------------------------
 
