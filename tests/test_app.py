@@ -387,3 +387,23 @@ async def test_registry_not_required_serves_while_registration_keeps_trying() ->
     assert report.error is None
     (register,) = [r for r in report.start if r.name == "register"]
     assert register.outcome is Outcome.OK
+
+
+async def test_stop_during_after_start_lets_the_hooks_finish() -> None:
+    app = App(name="svc", servers=[StreamServer(echo, name="tcp")])
+    ran: list[str] = []
+
+    @app.after_start
+    async def first() -> None:
+        app.stop("asked early")
+        await asyncio.sleep(0.1)
+        ran.append("first")
+
+    @app.after_start
+    def second() -> None:
+        ran.append("second")
+
+    report = await app.serve()
+    assert ran == ["first", "second"]
+    assert all(r.outcome is Outcome.OK for r in report.start)
+    assert report.reason == "asked early"

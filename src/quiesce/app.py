@@ -628,6 +628,13 @@ class App:
         stop = asyncio.create_task(self._stop_requested.wait(), name="quiesce stop request")
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
+        if not task.done() and self.state is State.RUNNING:
+            # Serving already: the after_start hooks finish (each within hook_timeout)
+            # so that before_stop never meets a half-run after_start; a force cuts them.
+            assert self._force_requested is not None
+            force = asyncio.create_task(self._force_requested.wait(), name="quiesce force")
+            await asyncio.wait({task, force}, return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
         if not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=self.cancel_grace)
