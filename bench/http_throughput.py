@@ -3,19 +3,23 @@
 Both serve :func:`stop_targets.asgi_app` on uvloop with httptools and no
 access log: ours as ``App(servers=[HTTPServer(app, http="httptools",
 access_log=False)]).run()``, the CLI as ``uvicorn --loop uvloop --http
-httptools --no-access-log``. Both servers run for the whole benchmark, pinned
-to one core, and ``wrk`` (a separate process, loopback) to the other; each
-server gets an unmeasured warm-up, then the kinds alternate back to back, the
-first of each pair swapping every pair, so that other work on the machine
-hits both alike. Each run also reports the user CPU that other processes
-took on the server's core and on wrk's ("foreign S/L": a starved wrk measures
-itself, not the server); pairs where either exceeds :data:`CLEAN_FOREIGN` are
-left out of the "clean pairs" line. The server's CPU time per request (from
-schedstat) is printed too: unlike req/s it does not depend on wrk getting its
-core, so it still compares the two servers on a busy machine.
+httptools --no-access-log``. Both servers run side by side, pinned to one
+core, and ``wrk`` (a separate process, loopback) to the other; each server
+gets an unmeasured warm-up, then the kinds alternate back to back, the first
+of each pair swapping every pair, so that other work on the machine hits both
+alike. Both processes are replaced every :data:`BLOCK` pairs, so that no one
+process's memory layout decides the result.
+
+Each run also reports the CPU that other processes (user time) and the
+hypervisor (steal) took on the server's core and on wrk's ("foreign S/L": a
+starved wrk measures itself, not the server); pairs where either exceeds
+:data:`CLEAN_FOREIGN` are left out of the "clean pairs" line. The server's
+CPU time per request (schedstat) is printed too: unlike req/s it does not
+depend on wrk getting its core. ``aa`` as a third argument runs the CLI
+against itself, which shows how far apart two identical servers land here.
 Goals: throughput >= 0.98x the CLI, p99 <= 1.05x.
 
-Run: ``python bench/http_throughput.py [pairs] [seconds]`` (default 10 pairs of 2 s).
+Run: ``python bench/http_throughput.py [pairs] [seconds] [aa]`` (default 12 pairs of 2 s).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ KINDS = {"quiesce-http": [PY, TARGET, "quiesce-http"], "uvicorn-cli": [PY, TARGE
 SERVER_CPU = 0
 LOAD_CPU = 1
 CONNECTIONS = 50
-WARMUP = 2
+WARMUP = 1
+#: Pairs per pair of server processes; each block starts both afresh.
+BLOCK = 4
 #: A pair counts as clean when other processes took less than this share of the server core.
 CLEAN_FOREIGN = 0.05
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -61,12 +67,12 @@ class Run(NamedTuple):
 
 
 def cpu_user_ticks(cpu: int) -> int:
-    """User + nice ticks of one core, from /proc/stat."""
+    """User + nice + steal ticks of one core, from /proc/stat (steal: the hypervisor's)."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
                 fields = line.split()
-                return int(fields[1]) + int(fields[2])
+                return int(fields[1]) + int(fields[2]) + int(fields[8])
     raise RuntimeError(f"no cpu{cpu} in /proc/stat")
 
 
@@ -153,33 +159,38 @@ def load_average() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def main(count: int, seconds: int) -> None:
+def main(count: int, seconds: int, kinds: dict[str, list[str]]) -> None:
+    """Alternate the two ``kinds`` (the first is compared with the second)."""
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("http_throughput: skipped, needs wrk and taskset (apt-get install -y wrk)")
         return
     print(
         f"wrk -t1 -c{CONNECTIONS} -d{seconds}s --latency; servers on cpu {SERVER_CPU}, "
-        f"wrk on cpu {LOAD_CPU}; {count} pairs; load average {load_average()}"
+        f"wrk on cpu {LOAD_CPU}; {count} pairs, fresh servers every {BLOCK}; "
+        f"load average {load_average()}"
     )
-    runs: dict[str, list[Run]] = {name: [] for name in KINDS}
-    names = list(KINDS)
-    with contextlib.ExitStack() as stack:
-        # Both servers stay up (the idle one costs nothing) so that each pair runs back to back.
-        servers = {}
-        for name, command in KINDS.items():
-            proc, port = stack.enter_context(serving(command, cpus=str(SERVER_CPU)))
-            servers[name] = port, proc.pid
-            wrk(port, WARMUP, proc.pid)
-        for pair in range(count):
-            order = names if pair % 2 == 0 else names[::-1]
-            for name in order:
-                port, pid = servers[name]
-                runs[name].append(wrk(port, seconds, pid))
-            ours, cli = runs["quiesce-http"][-1], runs["uvicorn-cli"][-1]
-            print(
-                f"pair {pair + 1:2}: {show('quiesce', ours)} | {show('cli', cli)} | "
-                f"ratio rps {ours.rps / cli.rps:.3f} p99 {ours.p99 / cli.p99:.3f}"
-            )
+    runs: dict[str, list[Run]] = {name: [] for name in kinds}
+    names = list(kinds)
+    for block in range(0, count, BLOCK):
+        # Fresh processes every BLOCK pairs: one process's luck (memory layout, hash seed)
+        # would otherwise bias every pair. Within a block both servers stay up (the idle
+        # one costs nothing) so that each pair runs back to back.
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for name, command in kinds.items():
+                proc, port = stack.enter_context(serving(command, cpus=str(SERVER_CPU)))
+                servers[name] = port, proc.pid
+                wrk(port, WARMUP, proc.pid)
+            for pair in range(block, min(block + BLOCK, count)):
+                order = names if pair % 2 == 0 else names[::-1]
+                for name in order:
+                    port, pid = servers[name]
+                    runs[name].append(wrk(port, seconds, pid))
+                ours, cli = runs[names[0]][-1], runs[names[1]][-1]
+                print(
+                    f"pair {pair + 1:2}: {show('quiesce', ours)} | {show('cli', cli)} | "
+                    f"ratio rps {ours.rps / cli.rps:.3f} p99 {ours.p99 / cli.p99:.3f}"
+                )
     for name, rs in runs.items():
         print(
             f"{name:>14} median: {statistics.median(r.rps for r in rs):6.0f} req/s "
@@ -188,7 +199,7 @@ def main(count: int, seconds: int) -> None:
             f"cpu {statistics.median(r.cpu_per_request for r in rs) * 1e6:5.1f} us/req"
             f"{f', {sum(r.errors for r in rs)} errors' if any(r.errors for r in rs) else ''}"
         )
-    ours_runs, cli_runs = runs["quiesce-http"], runs["uvicorn-cli"]
+    ours_runs, cli_runs = runs[names[0]], runs[names[1]]
     rps = statistics.median(r.rps for r in ours_runs) / statistics.median(r.rps for r in cli_runs)
     p99 = statistics.median(r.p99 for r in ours_runs) / statistics.median(r.p99 for r in cli_runs)
     cpu = statistics.median(r.cpu_per_request for r in ours_runs) / statistics.median(
@@ -213,7 +224,10 @@ def main(count: int, seconds: int) -> None:
 
 
 if __name__ == "__main__":
+    # "aa" as a third argument runs the CLI against itself: the noise floor of this machine.
+    same = sys.argv[3:4] == ["aa"]
     main(
-        int(sys.argv[1]) if len(sys.argv) > 1 else 10,
+        int(sys.argv[1]) if len(sys.argv) > 1 else 12,
         int(sys.argv[2]) if len(sys.argv) > 2 else 2,
+        {"cli (a)": KINDS["uvicorn-cli"], "cli (b)": KINDS["uvicorn-cli"]} if same else KINDS,
     )
