@@ -9,10 +9,7 @@
     aiohttp ``shutdown_timeout=1``, uvicorn ``--timeout-graceful-shutdown 1``):
     SIGTERM to exit (goal: quiesce <= 1.05 s).
 
-``quiesce-http+freeze`` is ``quiesce-http`` with ``gc.freeze()`` run at exit, the
-proposed change to ``App.run()``: CPython's final collections otherwise take
-~40-80 ms of every exit here. Kinds alternate round by round; the targets are
-in ``stop_targets.py``.
+Kinds alternate round by round; the targets are in ``stop_targets.py``.
 Run: ``python bench/http_stop.py [rounds]`` (default 6 idle, 4 loaded, 3 timeout rounds).
 """
 
@@ -31,7 +28,7 @@ from stoptime import compare, exit_clock, median_line, serving
 
 PY = sys.executable
 TARGET = "bench/stop_targets.py"
-KINDS = ("quiesce-http", "quiesce-http+freeze", "aiohttp", "uvicorn-cli")
+KINDS = ("quiesce-http", "aiohttp", "uvicorn-cli")
 LOAD_CLIENTS = 50
 LOAD_MS = 300
 TIMEOUT_CLIENTS = 10

@@ -80,20 +80,6 @@ def quiesce_http(port: int, stop_timeout: str | None = None) -> None:
     App(name="bench", servers=[server]).run()
 
 
-def quiesce_http_freeze(port: int, stop_timeout: str | None = None) -> None:
-    """``quiesce-http`` with ``gc.freeze()`` at exit: the proposed exit, measured side by side.
-
-    CPython's finalization runs full collections over every object still tracked
-    (~40-80 ms here for an app with uvicorn loaded); frozen objects are skipped,
-    while atexit handlers, ``weakref.finalize`` and the stdio flush still run.
-    """
-    import atexit
-    import gc
-
-    atexit.register(gc.freeze)
-    quiesce_http(port, stop_timeout)
-
-
 def grpc_echo_server() -> grpc.aio.Server:
     """A grpc.aio server with one unary method, ``/bench.Echo/Echo``, that echoes its bytes."""
     import grpc
@@ -181,7 +167,6 @@ def aiohttp_app(port: int, shutdown_timeout: str | None = None) -> None:
 KINDS: dict[str, Callable[..., None]] = {
     "quiesce-stream": quiesce_stream,
     "quiesce-http": quiesce_http,
-    "quiesce-http+freeze": quiesce_http_freeze,
     "quiesce-grpc": quiesce_grpc,
     "quiesce-http+grpc": quiesce_http_grpc,
     "uvicorn-cli": uvicorn_cli,
