@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ready_time.py
 	$(BIN)/python bench/http_stop.py
 	$(BIN)/python bench/http_throughput.py
+	$(BIN)/python bench/rolling_restart.py
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .ruff_cache .pytest_cache

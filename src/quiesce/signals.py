@@ -71,7 +71,8 @@ class SignalScope:
             return self
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
-        if DUMP_SIGNAL is not None and DUMP_SIGNAL not in self._previous:
+        # An app that owns no stop signal (signals=()) leaves every signal to its host.
+        if self._signals and DUMP_SIGNAL is not None and DUMP_SIGNAL not in self._previous:
             self._previous[DUMP_SIGNAL] = signal.signal(DUMP_SIGNAL, self._handle_dump)
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import httpx
@@ -120,3 +121,29 @@ async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
     (cut,) = phase.cut
     assert cut.startswith("server http: request GET /slow from 127.0.0.1:")
     assert report.exit_code == ExitCode.INCOMPLETE
+
+
+async def test_accepted_connections_do_not_wait_for_delayed_acks() -> None:
+    server = HTTPServer(api, port=0, access_log=False)
+    app = App(name="svc", servers=[server])
+    nodelay: list[int] = []
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(server.endpoints()[0] + "/")).status_code == 200
+            for connection in server._connections:  # the keep-alive connection just used
+                sock = connection.transport.get_extra_info("socket")
+                nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        app.stop()
+
+    await app.serve()
+    assert nodelay
+    assert all(nodelay)
+
+
+def test_endpoint_scheme_follows_tls_options() -> None:
+    assert HTTPServer(api, port=8443, ssl_certfile="cert.pem").endpoints() == [
+        "https://127.0.0.1:8443"
+    ]
+    assert HTTPServer(api, host="::1", port=80).endpoints() == ["http://[::1]:80"]

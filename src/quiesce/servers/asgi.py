@@ -182,8 +182,10 @@ class HTTPServer:
         return cut
 
     def endpoints(self) -> list[str]:
-        """``http://host:port``, with the real port once bound."""
-        return [f"http://{self.host}:{self.port}"]
+        """``http://host:port`` (``https`` with TLS options), with the real port once bound."""
+        scheme = "https" if self.uvicorn_options.get("ssl_certfile") else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return [f"{scheme}://{host}:{self.port}"]
 
     async def wait_closed(self) -> None:
         """Return when the server stopped serving (after a stop, or uvicorn's request limit)."""
@@ -198,7 +200,10 @@ class HTTPServer:
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
+        # when the listener says it is TCP; without it every response waits for a
+        # delayed ACK (~40 ms) on asyncio's default loop.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
