@@ -28,7 +28,7 @@ import httpx
 
 from quiesce.registry import Instance, from_url
 from quiesce.registry.etcd import EtcdRegistry
-from quiesce.registry.file import FileRegistry
+from quiesce.registry.file import DEFAULT_POLL, FileRegistry
 
 GOAL = 0.050
 #: Up to this long a random pause before each deregistration (see rounds_of).
@@ -177,7 +177,9 @@ def main() -> None:
     parser.add_argument("rounds", type=int, nargs="?", default=100)
     parser.add_argument("--etcd", help="an etcd:// URL to use instead of a private etcd")
     parser.add_argument("--backend", choices=["etcd", "file", "both"], default="both")
-    parser.add_argument("--poll", type=float, default=0.1, help="file registry poll interval")
+    parser.add_argument(
+        "--poll", type=float, default=DEFAULT_POLL, help="file registry poll interval"
+    )
     args = parser.parse_args()
     if args.backend in ("file", "both"):
         with tempfile.TemporaryDirectory() as folder:

@@ -405,7 +405,7 @@ def test_client_without_instances_fails_with_an_error_naming_the_service(
             return took
 
     took = run(scenario)
-    assert 0.3 <= took < 0.3 + 1.0
+    assert 0.3 - 0.02 <= took < 0.3 + 1.0  # event loop timers may fire a few ms early
 
 
 # -- endpoints -----------------------------------------------------------------------
