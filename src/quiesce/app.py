@@ -40,7 +40,7 @@ from quiesce.servers import Server
 from quiesce.signals import SignalScope, hard_exit
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 
-__all__ = ["App", "AppInfo", "LifecycleEvent"]
+__all__ = ["App", "AppInfo", "LifecycleEvent", "new_event_loop"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
@@ -284,7 +284,7 @@ class App:
         """
         _configure_logging()
         self._owns_process = True
-        loop = _new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             report = loop.run_until_complete(self.serve())
@@ -805,7 +805,8 @@ def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The loop :meth:`App.run` uses: uvloop when installed (~10% more requests), else asyncio's."""
     try:
         import uvloop
     except ImportError:

@@ -29,6 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from quiesce import App, ExitCode, HTTPServer, Report
+from quiesce.app import new_event_loop
 from quiesce.client import AsyncClient, NoInstanceError, http_endpoint
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, from_url
@@ -49,13 +50,6 @@ NOTICE = 0.1
 #: Drain delay of the instance being stopped: it must outlast the notice comfortably.
 DRAIN = 0.5
 
-try:
-    import uvloop
-
-    _new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-except ImportError:  # pragma: no cover - uvloop is in the dev extras
-    _new_loop = asyncio.new_event_loop
-
 
 def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``scenario()`` in a fresh event loop, bounded."""
@@ -64,7 +58,7 @@ def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
         async with asyncio.timeout(SCENARIO_TIMEOUT):
             return await scenario()
 
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(bounded())
 
 

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from conftest import Service
+from quiesce.app import new_event_loop
 from quiesce.client import AsyncClient
 from quiesce.registry import Discovery, from_url
 from registry.conftest import Cluster, Watcher
@@ -37,13 +38,6 @@ Start = Callable[..., Service]
 EXIT_TIMEOUT = 15.0
 READY_TIMEOUT = 20.0
 NOTICE_TIMEOUT = 10.0
-
-try:
-    import uvloop
-
-    _new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-except ImportError:  # pragma: no cover - uvloop is in the dev extras
-    _new_loop = asyncio.new_event_loop
 
 
 @pytest.fixture(params=["file", "etcd"])
@@ -85,7 +79,7 @@ class Load:
         return sum(self.answered.values()) + len(self.failures)
 
     def _run(self) -> None:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(self._main())
 
     async def _main(self) -> None:
