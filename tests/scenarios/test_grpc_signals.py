@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,10 +39,14 @@ async def listener_closed(target: str, timeout: float = 2.0) -> None:
         while True:
             try:
                 _, writer = await asyncio.open_connection(host, int(port))
-            except (ConnectionRefusedError, ConnectionResetError):  # reset: closed mid-accept
+            except ConnectionRefusedError:
                 return
+            except ConnectionResetError:  # accepted while closing: not closed yet
+                await asyncio.sleep(0.002)
+                continue
             writer.close()
-            await writer.wait_closed()
+            with contextlib.suppress(ConnectionResetError):
+                await writer.wait_closed()
             await asyncio.sleep(0.002)
 
 
