@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -33,14 +32,15 @@ from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.hooks import Hook, run_hooks
 from quiesce.phases import Deadline, Outcome, PhaseRecord, State
 from quiesce.phases import Sequence as Steps
+from quiesce.process import arm_watchdog, hard_exit, run_and_exit
 from quiesce.registry import Instance, Registry, from_url
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource
 from quiesce.servers import Server
-from quiesce.signals import SignalScope, hard_exit
+from quiesce.signals import SignalScope
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 
-__all__ = ["App", "AppInfo", "LifecycleEvent", "new_event_loop"]
+__all__ = ["App", "AppInfo", "LifecycleEvent"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
@@ -282,28 +282,12 @@ class App:
         Exit codes: 0 clean stop, 1 failed start or crashed server, 2 bad
         configuration, 3 incomplete stop (see :class:`~quiesce.report.ExitCode`).
         """
-        _configure_logging()
         self._owns_process = True
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            report = loop.run_until_complete(self.serve())
-        finally:
-            leftovers = _cancel_leftovers(loop, self.cancel_grace)
-        if leftovers:
-            # A task ignores cancellation; the report named it. Closing the loop would
-            # only print "Task was destroyed but it is pending" for it, so leave now.
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(report.exit_code)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-        asyncio.set_event_loop(None)
-        # The interpreter's full collections at shutdown cost 25-80 ms, most of an idle
-        # stop; frozen objects are skipped. atexit handlers, logging and stdio still flush.
-        gc.freeze()
-        sys.exit(report.exit_code)
+
+        async def main() -> int:
+            return (await self.serve()).exit_code
+
+        run_and_exit(main, self.cancel_grace)
 
     async def serve(self) -> Report:
         """Run the whole lifecycle in the running loop and return the report.
@@ -338,7 +322,11 @@ class App:
             self.signals,
             on_stop=lambda sig: self._request_stop(f"signal {sig}"),
             on_force=self._request_force,
-            hard_exit=hard_exit(ExitCode.INCOMPLETE) if self._owns_process else None,
+            hard_exit=(
+                hard_exit(ExitCode.INCOMPLETE, "the loop did not honour the forced stop")
+                if self._owns_process
+                else None
+            ),
         )
         with scope:
             await self._lifecycle()
@@ -618,10 +606,11 @@ class App:
         # Only a process owner may exit the process; a blocked loop cannot honour any deadline.
         if not self._owns_process:
             return None
-        timer = threading.Timer(self.stop_timeout + WATCHDOG_MARGIN, hard_exit(ExitCode.INCOMPLETE))
-        timer.daemon = True
-        timer.start()
-        return timer
+        return arm_watchdog(
+            self.stop_timeout + WATCHDOG_MARGIN,
+            ExitCode.INCOMPLETE,
+            f"the stop overran stop_timeout={self.stop_timeout:g}s (the loop is blocked)",
+        )
 
     # -- control ---------------------------------------------------------------
 
@@ -803,38 +792,3 @@ def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The loop :meth:`App.run` uses: uvloop when installed (~10% more requests), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop, grace: float) -> set[asyncio.Task[Any]]:
-    """Cancel the tasks still in the loop; return those that ignored it for ``grace`` seconds."""
-    tasks = asyncio.all_tasks(loop)
-    if not tasks:
-        return set()
-    for task in tasks:
-        task.cancel()
-    _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
-    for task in tasks - pending:
-        if not task.cancelled():
-            task.exception()  # retrieved: the report and the log already have it
-    return pending
-
-
-def _configure_logging() -> None:
-    # Only when the host has not configured logging itself.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        # httpx logs every request at INFO: the registry keepalive would fill the log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -114,15 +112,3 @@ def dump_tasks(loop: asyncio.AbstractEventLoop) -> str:
     text = "\n".join(lines)
     logger.warning("%s", text)
     return text
-
-
-def hard_exit(code: int) -> Callable[[], None]:
-    """A last resort for a blocked loop: dump every thread's stack and leave with ``code``."""
-
-    def leave() -> None:
-        sys.stderr.write(f"quiesce: the loop did not honour the forced stop; exiting {code}\n")
-        faulthandler.dump_traceback(all_threads=True)
-        sys.stderr.flush()
-        os._exit(code)
-
-    return leave

@@ -29,9 +29,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from quiesce import App, ExitCode, HTTPServer, Report
-from quiesce.app import new_event_loop
 from quiesce.client import AsyncClient, NoInstanceError, http_endpoint
 from quiesce.errors import ConfigError
+from quiesce.process import new_event_loop
 from quiesce.registry import Instance, from_url
 
 from .conftest import Cluster, free_ports, make_tls

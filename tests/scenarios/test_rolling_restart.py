@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from conftest import Service
-from quiesce.app import new_event_loop
 from quiesce.client import AsyncClient
+from quiesce.process import new_event_loop
 from quiesce.registry import Discovery, from_url
 from registry.conftest import Cluster, Watcher
 
