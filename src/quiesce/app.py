@@ -32,7 +32,7 @@ from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.hooks import Hook, run_hooks
 from quiesce.phases import Deadline, Outcome, PhaseRecord, State
 from quiesce.phases import Sequence as Steps
-from quiesce.process import arm_watchdog, hard_exit, run_and_exit
+from quiesce.process import arm_watchdog, run_and_exit
 from quiesce.registry import Instance, Registry, from_url
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource
@@ -52,6 +52,8 @@ KUBERNETES_GRACE = 30.0
 FORCE_GRACE = 0.3
 #: Extra time a server's stop() gets beyond its own timeout to cancel and close what is left.
 SERVER_STOP_MARGIN = 0.25
+#: After a second signal, how long a blocked loop has before the watchdog exits the process.
+FORCE_WATCHDOG = 1.0
 #: How long the watchdog waits past ``stop_timeout`` for a blocked loop before it exits the process.
 WATCHDOG_MARGIN = 2.0
 
@@ -322,11 +324,7 @@ class App:
             self.signals,
             on_stop=lambda sig: self._request_stop(f"signal {sig}"),
             on_force=self._request_force,
-            hard_exit=(
-                hard_exit(ExitCode.INCOMPLETE, "the loop did not honour the forced stop")
-                if self._owns_process
-                else None
-            ),
+            on_force_signal=self._arm_force_watchdog,
         )
         with scope:
             await self._lifecycle()
@@ -601,6 +599,14 @@ class App:
                 if res.is_open:
                     rec.cut.append(f"resource {res.name} [closed at once]")
                     await res.close()
+
+    def _arm_force_watchdog(self) -> threading.Timer | None:
+        # A force must end the process even when the loop is blocked and cannot act on it.
+        if not self._owns_process:
+            return None
+        return arm_watchdog(
+            FORCE_WATCHDOG, ExitCode.INCOMPLETE, "the loop did not honour the forced stop"
+        )
 
     def _arm_watchdog(self) -> threading.Timer | None:
         # Only a process owner may exit the process; a blocked loop cannot honour any deadline.

@@ -37,10 +37,10 @@ class SignalScope:
     """Own ``signals`` for the duration of a ``with`` block.
 
     ``on_stop(name)`` is called in the loop for the first stop signal and
-    ``on_force(name)`` for every later one. When a force is not honoured within
-    ``force_grace`` seconds (the loop is blocked), ``hard_exit`` is called from a
-    watchdog thread when given. Outside the main thread nothing is installed:
-    Python only delivers signals there.
+    ``on_force(name)`` for every later one. ``on_force_signal()``, when given,
+    runs right in the signal handler of a force (not in the loop, which may be
+    blocked): the app arms its last-resort watchdog there. Outside the main
+    thread nothing is installed: Python only delivers signals there.
     """
 
     def __init__(
@@ -50,15 +50,13 @@ class SignalScope:
         *,
         on_stop: Callable[[str], None],
         on_force: Callable[[str], None],
-        hard_exit: Callable[[], None] | None = None,
-        force_grace: float = 1.0,
+        on_force_signal: Callable[[], object] | None = None,
     ) -> None:
         self._loop = loop
         self._signals = list(dict.fromkeys(signals))
         self._on_stop = on_stop
         self._on_force = on_force
-        self._hard_exit = hard_exit
-        self._force_grace = force_grace
+        self._on_force_signal = on_force_signal
         self._seen = 0
         self._first_at = 0.0
         self._previous: dict[int, Any] = {}
@@ -94,10 +92,8 @@ class SignalScope:
             self._loop.call_soon_threadsafe(callback, name)
         except RuntimeError:  # the loop is closed: the run is over, nothing to stop
             return
-        if self._seen > 1 and self._hard_exit is not None:
-            watchdog = threading.Timer(self._force_grace, self._hard_exit)
-            watchdog.daemon = True
-            watchdog.start()
+        if self._seen > 1 and self._on_force_signal is not None:
+            self._on_force_signal()
 
     def _handle_dump(self, signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to dump

@@ -220,6 +220,19 @@ def stubborn_task(app: App) -> None:
         _ = app.spawn(stubborn(), name="stubborn")
 
 
+def blocked_loop(app: App) -> None:
+    app.stop_timeout = 1.0
+
+    async def blocks_the_loop() -> None:
+        await app.stopping
+        event("blocking")
+        time.sleep(30)  # noqa: ASYNC251 - the bug under test: a sync call blocks the loop
+
+    @app.after_start
+    def begin() -> None:
+        _ = app.spawn(blocks_the_loop(), name="blocks_the_loop")
+
+
 CASES: dict[str, Callable[[App], None]] = {
     f.__name__: f
     for f in (
@@ -236,6 +249,7 @@ CASES: dict[str, Callable[[App], None]] = {
         periodic,
         resources,
         stubborn_task,
+        blocked_loop,
     )
 }
 

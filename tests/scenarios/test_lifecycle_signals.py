@@ -191,3 +191,26 @@ def test_a_repeat_within_the_window_is_not_a_force(service: Start) -> None:
     svc.signal(signal.SIGTERM)  # what `timeout` or `uv run` does with one Ctrl+C
     assert svc.wait() == 0, svc.output
     assert "task-done" in dict(svc.events())
+
+
+def test_second_signal_ends_the_process_even_when_the_loop_is_blocked(service: Start) -> None:
+    svc = started(service, "blocked_loop")
+    first = svc.signal(signal.SIGTERM)
+    svc.wait_for("EVENT blocking")
+    time.sleep(max(0.0, first + REPEAT_WINDOW * 2 - time.monotonic()))
+    second = svc.signal(signal.SIGTERM)
+    assert svc.wait() == 3, svc.output
+    assert svc.exit_time is not None
+    assert svc.exit_time - second < 1.0 + 1.0  # the force watchdog fires after 1 s
+    assert "the loop did not honour the forced stop" in svc.output
+    assert "blocks_the_loop" in svc.output, "the stack dump shows where the loop is stuck"
+
+
+def test_blocked_loop_cannot_outlive_the_stop_timeout(service: Start) -> None:
+    svc = started(service, "blocked_loop")
+    sent = svc.signal(signal.SIGTERM)
+    assert svc.wait() == 3, svc.output
+    assert svc.exit_time is not None
+    # stop_timeout 1 s + the watchdog's 2 s margin, with margin for a loaded machine.
+    assert 2.5 < svc.exit_time - sent < 3.0 + 1.5
+    assert "the stop overran stop_timeout=1s" in svc.output
