@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from quiesce.registry import Discovery, Instance
+from quiesce.registry import Discovery, Instance, Watch
 
 #: Bound on installing etcd-server with apt-get (a fresh CI machine downloads it).
 INSTALL_TIMEOUT = 600.0
@@ -404,3 +404,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     needs = {"etcd", "etcd_cluster"}
     if any(needs & set(getattr(item, "fixturenames", ())) for item in items):
         etcd_binary()
+
+
+#: Bound on a watch reporting a change (far above the milliseconds it takes).
+NOTICE = 5.0
+
+
+async def next_list(watch: Watch, predicate: Callable[[list[Instance]], bool]) -> list[Instance]:
+    """The next list from ``watch`` matching ``predicate``, within :data:`NOTICE`."""
+    async with asyncio.timeout(NOTICE):
+        async for current in watch:
+            if predicate(current):
+                return current
+    raise AssertionError("watch ended")
+
+
+def ids(current: list[Instance]) -> list[str]:
+    """The instance ids of a watched list."""
+    return [i.id for i in current]

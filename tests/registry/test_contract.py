@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -13,16 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from quiesce.registry import Discovery, Instance, Registry, Watch
+from quiesce.registry import Discovery, Instance, Registry
 from quiesce.registry.etcd import EtcdRegistry
 from quiesce.registry.file import FileRegistry
 
-from .conftest import Cluster
+from .conftest import Cluster, ids, next_list
 
 #: A short TTL keeps the expiry tests quick; etcd's own minimum is about 1.5 s.
 TTL = 2.0
 #: Bound on a watch noticing a change in these tests (generous for a loaded CI machine).
-NOTICE = 5.0
 
 Backend = FileRegistry | EtcdRegistry
 
@@ -109,19 +107,6 @@ def instance(ident: str, name: str = "orders") -> Instance:
         metadata={"zone": "eu-1"},
         endpoints=("http://127.0.0.1:8000", "grpc://127.0.0.1:9000"),
     )
-
-
-async def next_list(watch: Watch, predicate: Callable[[list[Instance]], bool]) -> list[Instance]:
-    """The next list from ``watch`` matching ``predicate``, within :data:`NOTICE`."""
-    async with asyncio.timeout(NOTICE):
-        async for current in watch:
-            if predicate(current):
-                return current
-    raise AssertionError("watch ended")
-
-
-def ids(current: list[Instance]) -> list[str]:
-    return [i.id for i in current]
 
 
 def test_backends_implement_both_protocols(tmp_path: Path) -> None:

@@ -16,29 +16,15 @@ import httpx
 import pytest
 
 from quiesce.errors import ConfigError
-from quiesce.registry import Instance, RegistryError, Watch, from_url, kratos_endpoint
+from quiesce.registry import Instance, RegistryError, from_url, kratos_endpoint
 from quiesce.registry.etcd import EtcdError, EtcdRegistry, _b64
 from quiesce.registry.file import DEFAULT_DIR, FileRegistry
 
-from .conftest import Cluster, free_ports, make_tls
-
-NOTICE = 5.0
+from .conftest import Cluster, free_ports, ids, make_tls, next_list
 
 
 def instance(ident: str, name: str = "orders") -> Instance:
     return Instance(id=ident, name=name, endpoints=("http://127.0.0.1:8000",))
-
-
-async def until(watch: Watch, predicate: Callable[[list[Instance]], bool]) -> list[Instance]:
-    async with asyncio.timeout(NOTICE):
-        async for current in watch:
-            if predicate(current):
-                return current
-    raise AssertionError("watch ended")
-
-
-def ids(current: list[Instance]) -> list[str]:
-    return [i.id for i in current]
 
 
 def has_length(n: int, current: list[Instance]) -> bool:
@@ -140,9 +126,9 @@ async def test_revoked_lease_is_replaced_and_key_put_again(
             async with httpx.AsyncClient(trust_env=False) as client:
                 r = await client.post(f"{etcd.client_url}/v3/lease/revoke", json={"ID": str(lease)})
             r.raise_for_status()
-            await until(watch, lambda cur: cur == [])
+            await next_list(watch, lambda cur: cur == [])
             with caplog.at_level(logging.WARNING, "quiesce.registry"):
-                await until(watch, lambda cur: ids(cur) == ["a"])
+                await next_list(watch, lambda cur: ids(cur) == ["a"])
         assert reg._registrations[("orders", "a")].lease != lease
         assert any("is gone" in r.message for r in caplog.records)
         await reg.deregister(instance("a"))
@@ -192,16 +178,16 @@ async def test_three_member_cluster_with_one_stopped_keeps_registering_and_watch
             # The first listed member is the one both talk to: stop it under them.
             cluster.members[0].stop()
             await reg.register(instance("b"))
-            await until(watch, lambda cur: ids(cur) == ["a", "b"])
+            await next_list(watch, lambda cur: ids(cur) == ["a", "b"])
             # Keepalives go on through the others for longer than the TTL.
             deadline = time.monotonic() + 2 + 0.5
             while time.monotonic() < deadline:
                 assert ids(await reg.instances("orders")) == ["a", "b"]
                 await asyncio.sleep(0.5)
             await reg.deregister(instance("a"))
-            await until(watch, lambda cur: ids(cur) == ["b"])
+            await next_list(watch, lambda cur: ids(cur) == ["b"])
             await reg.deregister(instance("b"))
-            await until(watch, lambda cur: cur == [])
+            await next_list(watch, lambda cur: cur == [])
     finally:
         await reg.aclose()
         await watcher.aclose()
@@ -230,10 +216,10 @@ async def test_auth_token_is_used_and_a_wrong_password_is_refused(
             # A token that etcd no longer knows (expired, or another member's) is renewed.
             reg._tokens = {k: "stale-token" for k in reg._tokens}
             async with reg.watch("orders") as second:
-                assert ids(await until(second, lambda cur: True)) == ["a"]
+                assert ids(await next_list(second, lambda cur: True)) == ["a"]
             reg._tokens = {k: "stale-token" for k in reg._tokens}
             await reg.deregister(instance("a"))
-            await until(watch, lambda cur: cur == [])
+            await next_list(watch, lambda cur: cur == [])
     finally:
         await reg.aclose()
     wrong = from_url(f"etcd://root:nope@{hosts}")
@@ -292,9 +278,9 @@ async def test_keep_registered_while_etcd_is_down_registers_once_it_is_up(
         member.start(cluster.initial_cluster)
         await asyncio.to_thread(cluster.wait_healthy)
         async with reg.watch("orders") as watch:
-            await until(watch, lambda cur: ids(cur) == ["a"])
+            await next_list(watch, lambda cur: ids(cur) == ["a"])
             await reg.deregister(instance("a"))
-            await until(watch, lambda cur: cur == [])
+            await next_list(watch, lambda cur: cur == [])
     finally:
         await reg.aclose()
 
@@ -308,10 +294,10 @@ async def test_watch_relists_periodically_and_misses_nothing(etcd: Cluster, pref
             for n in range(5):
                 # Changes land before, during and after the re-lists (every 0.15-0.2 s).
                 await reg.register(instance(f"i{n}"))
-                await until(watch, functools.partial(has_length, n + 1))
+                await next_list(watch, functools.partial(has_length, n + 1))
                 await asyncio.sleep(0.1)
             await reg.deregister(instance("i0"))
-            await until(watch, lambda cur: ids(cur) == ["i1", "i2", "i3", "i4"])
+            await next_list(watch, lambda cur: ids(cur) == ["i1", "i2", "i3", "i4"])
         for n in range(1, 5):
             await reg.deregister(instance(f"i{n}"))
     finally:
@@ -349,7 +335,7 @@ async def test_watch_cancelled_by_compaction_relists_and_sees_what_it_missed(
     try:
         async with watcher.watch("orders") as watch:
             assert await anext(watch) == []  # listed before "late" was put
-            await until(watch, lambda cur: ids(cur) == ["late"])
+            await next_list(watch, lambda cur: ids(cur) == ["late"])
         assert watcher.compacted
         await other.deregister(instance("late"))
     finally:
