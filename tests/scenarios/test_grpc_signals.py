@@ -84,7 +84,11 @@ async def test_sigterm_flips_health_finishes_calls_then_refuses(service: Start) 
 
         await until(r"EVENT stop-begin ", svc)
         await listener_closed(target)
-        async with grpc.aio.insecure_channel(target) as fresh:
+        # A new client: its own connection, not the subchannel the outer channel shares
+        # through grpc's global pool (a stream sent there before the client reads the
+        # server's GOAWAY is cancelled by the stopping server, not refused).
+        fresh_options = [("grpc.use_local_subchannel_pool", 1)]
+        async with grpc.aio.insecure_channel(target, options=fresh_options) as fresh:
             try:
                 await fresh.unary_unary(SLEEP, None, None)(b"0", timeout=5)
             except grpc.aio.AioRpcError as exc:
