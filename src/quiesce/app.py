@@ -507,6 +507,9 @@ class App:
         self._instance = Instance(**vars(self.info))
         where = f"registry {self._registry_label()}"
         rec.waited_for.append(where)
+        # Before the call: a register that fails or is cut may still have written the
+        # instance, and the stop that follows must take it out again.
+        self._ran.add("registered")
         try:
             async with asyncio.timeout(timeout):
                 await self._registry.register(self._instance)
@@ -523,7 +526,6 @@ class App:
                 cause if isinstance(cause, str) else describe(cause),
             )
             keep_registered(self._instance)
-        self._ran.add("registered")
 
     # -- stop helpers ----------------------------------------------------------
 

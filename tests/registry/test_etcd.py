@@ -9,12 +9,14 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from quiesce import App, ExitCode
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, RegistryError, from_url, kratos_endpoint
 from quiesce.registry.etcd import EtcdError, EtcdRegistry, _b64
@@ -143,6 +145,51 @@ async def test_register_with_no_member_up_fails_naming_the_members() -> None:
     with pytest.raises(RegistryError, match=f"127.0.0.1:{port}"):
         await reg.register(instance("a"))
     await reg.aclose()
+
+
+class LostPutReply(EtcdRegistry):
+    """etcd puts the key, but its answer never arrives (a partition, a stalled proxy)."""
+
+    async def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        answer = await super()._call(method, body)
+        if method == "/kv/put":
+            await asyncio.Event().wait()
+        return answer
+
+
+async def test_register_cut_after_the_put_is_undone_by_deregister(
+    etcd: Cluster, prefix: str
+) -> None:
+    reg = LostPutReply([etcd.client_url], prefix=prefix, ttl=10)
+    check = EtcdRegistry([etcd.client_url], prefix=prefix)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reg.register(instance("a")), 0.5)
+        assert ids(await check.instances("orders")) == ["a"], "the put landed"
+        await reg.deregister(instance("a"))
+        # Gone now, not when the 10 s lease runs out.
+        assert await check.instances("orders") == []
+    finally:
+        await reg.aclose()
+        await check.aclose()
+
+
+async def test_app_whose_register_times_out_takes_the_instance_out_before_exiting(
+    etcd: Cluster, prefix: str
+) -> None:
+    app = App(
+        name="orders",
+        registry=LostPutReply([etcd.client_url], prefix=prefix, ttl=10),
+        registry_timeout=0.5,
+    )
+    report = await asyncio.wait_for(app.serve(), 5)
+    assert report.exit_code == ExitCode.FAILED, report.to_text()
+    assert "registry_timeout=0.5s" in (report.error or "")
+    check = EtcdRegistry([etcd.client_url], prefix=prefix)
+    try:
+        assert await check.instances("orders") == [], "registered by a process that never served"
+    finally:
+        await check.aclose()
 
 
 async def test_deregister_with_etcd_gone_gives_up_when_the_lease_has_expired(

@@ -214,7 +214,8 @@ class EtcdRegistry:
         """Grant a lease, put the instance's key, and keep the lease alive in the background.
 
         Bound it from outside (the App's ``registry_timeout``); a cancelled
-        register leaves nothing running (a granted lease just expires).
+        register leaves nothing running, and a :meth:`deregister` after it
+        revokes the lease if one was granted (the key may have been put).
 
         Raises:
             RegistryError: no member could be reached, or etcd refused (``EtcdError``).
@@ -227,8 +228,10 @@ class EtcdRegistry:
             key=self._key(instance.name, instance.id),
             value=instance.kratos().to_json().encode(),
         )
-        await self._grant_and_put(reg)
+        # Recorded before the grant: a register cut after etcd put the key (a lost
+        # reply, the caller's timeout) must still be revocable by deregister.
         self._registrations[key] = reg
+        await self._grant_and_put(reg)
         reg.task = asyncio.create_task(
             self._keep_alive(reg), name=f"quiesce etcd keepalive {instance.id}"
         )
