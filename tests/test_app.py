@@ -92,6 +92,8 @@ def test_default_id_is_host_pid_random() -> None:
     ("options", "message"),
     [
         ({"stop_timeout": 0}, "stop_timeout=0: must be a positive"),
+        ({"stop_timeout": "30"}, "stop_timeout='30': must be a positive"),
+        ({"name": ""}, "name: an app needs a name"),
         ({"drain_delay": -1}, "drain_delay=-1: must be zero or more"),
         ({"drain_delay": 29, "stop_timeout": 30}, "drain_delay=29s does not fit stop_timeout=30s"),
         ({"registry": "zookeeper://127.0.0.1:2181"}, "unknown registry scheme 'zookeeper'"),
@@ -102,7 +104,7 @@ async def test_bad_configuration_is_exit_2_and_starts_nothing(
     options: dict[str, object], message: str
 ) -> None:
     server = StreamServer(echo, name="tcp")
-    app = App(name="svc", servers=[server], **options)  # type: ignore[arg-type]
+    app = App(**{"name": "svc", "servers": [server], **options})  # type: ignore[arg-type]
     report = await app.serve()
     assert report.exit_code == ExitCode.CONFIG
     assert report.error is not None

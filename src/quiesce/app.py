@@ -25,15 +25,15 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-from quiesce import ordering
+from quiesce import config, ordering
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
+from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
 from quiesce.phases import Deadline, Outcome, PhaseRecord, State
 from quiesce.phases import Sequence as Steps
 from quiesce.process import arm_watchdog, run_and_exit
-from quiesce.registry import Instance, Registry, from_url
+from quiesce.registry import Instance, Registry, from_url, redact
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource
 from quiesce.servers import Server
@@ -46,12 +46,8 @@ logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
 H = TypeVar("H", bound=Hook)
 
-#: Kubernetes' default terminationGracePeriodSeconds: a larger stop budget gets a warning.
-KUBERNETES_GRACE = 30.0
 #: After a second signal, how long the forced end may take to stop servers and close resources.
 FORCE_GRACE = 0.3
-#: Extra time a server's stop() gets beyond its own timeout to cancel and close what is left.
-SERVER_STOP_MARGIN = 0.25
 #: After a second signal, how long a blocked loop has before the watchdog exits the process.
 FORCE_WATCHDOG = 1.0
 #: How long the watchdog waits past ``stop_timeout`` for a blocked loop before it exits the process.
@@ -165,8 +161,7 @@ class App:
         self._tracker = TaskTracker()
         self._registry: Registry | None = None
         self._instance: Instance | None = None
-        self._started: list[Server] = []
-        self._watchers: list[asyncio.Task[None]] = []
+        self._group = ServerGroup()
         self._ran: set[str] = set()  # hook groups and steps that have begun
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -273,7 +268,7 @@ class App:
     @property
     def info(self) -> AppInfo:
         """The instance: id, name, version, metadata and the endpoints of started servers."""
-        endpoints = tuple(ep for s in self._started for ep in s.endpoints())
+        endpoints = self._group.endpoints()
         return AppInfo(self.id, self.name, self.version, dict(self.metadata), endpoints)
 
     # -- running ---------------------------------------------------------------
@@ -404,22 +399,8 @@ class App:
         _raise_if_failed(rec)
 
         # Servers: each as soon as what it depends on is ready; ready means bound.
-        by_name = {s.name: s for s in self.servers}
-
-        async def start_server(name: str) -> None:
-            server = by_name[name]
-            rec.waited_for.append(f"server {name}")
-            self._started.append(server)  # a start cut by cancellation is stopped too
-            try:
-                await server.start()
-            except Exception as exc:
-                self._started.remove(server)
-                if isinstance(exc, StartError):  # the adapter already named itself
-                    raise
-                raise StartError(f"server {name!r}", exc) from exc
-
         async with seq.step("servers", deadline.remaining()) as rec:
-            await ordering.walk(self._server_graph(), start_server)
+            await self._group.start(rec)
         _raise_if_failed(rec)
 
         # Register the instance with the real endpoints.
@@ -432,7 +413,7 @@ class App:
         self._set_state(State.RUNNING)
         self.ready.set()
         self._tracker.start_jobs()
-        self._watch_servers()
+        self._group.watch(self._server_exited)
 
         self._ran.add("after_start")
         async with seq.step("after_start", deadline.remaining()) as rec:
@@ -450,12 +431,11 @@ class App:
         serving = self.state is State.RUNNING
         self._set_state(State.STOPPING)
         self.stopping.set()
-        for watcher in self._watchers:
-            watcher.cancel()
+        self._group.unwatch()
 
         # Not ready: readiness 503 / NOT_SERVING while everything still serves.
         async with seq.step("not_ready", deadline.remaining(reserve)) as rec:
-            await _each(rec, self._started, "server", lambda s: s.drain())
+            await self._group.drain(rec)
 
         # before_stop hooks (go-zero's wrap-up listeners), paired with after_start.
         await self._hooks_step(seq, "before_stop", "after_start", deadline.remaining(reserve))
@@ -479,7 +459,8 @@ class App:
 
         # Servers, dependents before what they depend on; independent ones concurrently.
         async with seq.step("stop_servers", deadline.remaining(reserve)) as rec:
-            await self._stop_servers(rec, deadline)
+            default = self.server_stop_timeout
+            await self._group.stop(rec, deadline, reserve=reserve, default_timeout=default)
 
         # Tracked tasks and periodic jobs, then spawn/guard are closed.
         # The tracker bounds itself (wait, then cancel with a grace) so that it can name
@@ -536,41 +517,6 @@ class App:
         async with seq.step(group, budget) as rec:
             await run_hooks(self._hooks[group], rec, timeout=self.hook_timeout, budget=budget)
 
-    async def _stop_servers(self, rec: PhaseRecord, deadline: Deadline) -> None:
-        started = {s.name: s for s in self._started}
-        graph = {n: [d for d in deps if d in started] for n, deps in self._server_graph().items()}
-        graph = {n: deps for n, deps in graph.items() if n in started}
-
-        async def stop_server(name: str) -> None:
-            server = started[name]
-            own = getattr(server, "stop_timeout", None)
-            own = self.server_stop_timeout if own is None else own
-            budget = deadline.remaining(self.cleanup_reserve)
-            timeout = budget if own is None else min(own, budget)
-            hard = min(timeout + SERVER_STOP_MARGIN, deadline.remaining(self.cleanup_reserve / 2))
-            in_flight = getattr(server, "in_flight", None)
-            load = f" ({in_flight} in flight)" if isinstance(in_flight, int) else ""
-            rec.waited_for.append(f"server {name}{load}")
-            try:
-                async with asyncio.timeout(hard):
-                    cut = await server.stop(timeout)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the stop itself is being forced
-                # A cancellation leaking out of the adapter is its failure, not ours to hide.
-                rec.error(f"server {name}", RuntimeError("stop() was cancelled from within"))
-            except TimeoutError:
-                rec.timed_out(f"server {name} (stop did not return within {timeout:.3g}s)")
-            except Exception as exc:
-                rec.error(f"server {name}", exc)
-            else:
-                for item in cut or ():
-                    rec.timed_out(f"server {name}: {item}")
-            self._started.remove(server)
-
-        await ordering.walk(ordering.reverse(graph), stop_server)
-
     async def _stop_or_force(self, seq: Steps) -> None:
         assert self._force_requested is not None
         watchdog = self._arm_watchdog()
@@ -593,10 +539,7 @@ class App:
         async with seq.step("forced", FORCE_GRACE) as rec:
             rec.mark(Outcome.FORCED)
             rec.cut.extend(self._tracker.abandon())
-            servers = list(self._started)
-            rec.cut.extend(f"server {s.name} [stopped at once]" for s in servers)
-            self._started.clear()
-            await _each(rec, servers, "server", lambda s: s.stop(0))
+            await self._group.stop_at_once(rec)
             for res in reversed(self._resource_order()):
                 if res.is_open:
                     rec.cut.append(f"resource {res.name} [closed at once]")
@@ -660,20 +603,7 @@ class App:
         logger.warning("stop forced reason=%r state=%s", reason, self.state.value)
         self._force_requested.set()
 
-    def _watch_servers(self) -> None:
-        for server in self._started:
-            wait_closed = getattr(server, "wait_closed", None)
-            if wait_closed is not None:
-                self._watchers.append(
-                    asyncio.create_task(self._watch(server.name, wait_closed), name="quiesce watch")
-                )
-
-    async def _watch(self, name: str, wait_closed: Callable[[], Any]) -> None:
-        try:
-            await wait_closed()
-            cause = "stopped serving"
-        except Exception as exc:
-            cause = describe(exc)
+    def _server_exited(self, name: str, cause: str) -> None:
         if self.state is State.RUNNING:
             error = ServerExitedError(f"server {name!r} exited: {cause}")
             self._crashed = True
@@ -689,42 +619,20 @@ class App:
     # -- configuration ---------------------------------------------------------
 
     def _validate(self) -> None:
-        for option in ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout"):
-            value = getattr(self, option)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{option}={value!r}: must be a positive number of seconds")
-        for option in ("drain_delay", "cleanup_reserve", "cancel_grace"):
-            value = getattr(self, option)
-            if not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{option}={value!r}: must be zero or more seconds")
         if not self.name:
             raise ConfigError("name: an app needs a name")
-        if self.drain_delay + self.cleanup_reserve >= self.stop_timeout:
-            raise ConfigError(
-                f"drain_delay={self.drain_delay}s does not fit stop_timeout={self.stop_timeout}s "
-                f"with {self.cleanup_reserve}s kept for after_stop and resources"
-            )
-        if self.stop_timeout > KUBERNETES_GRACE:
-            logger.warning(
-                "stop_timeout=%ss exceeds Kubernetes' default grace period (%ss): "
-                "raise terminationGracePeriodSeconds or the instance may be killed mid-stop",
-                self.stop_timeout,
-                KUBERNETES_GRACE,
-            )
-        for sig in self.signals:
-            try:
-                signal.Signals(sig)
-            except ValueError:
-                raise ConfigError(f"signals: {sig!r} is not a signal") from None
-        names: dict[str, str] = {}
-        for kind, items in (("server", self.servers), ("resource", self._resources)):
-            for item in items:
-                if item.name in names:
-                    raise ConfigError(f"{kind} name {item.name!r} is already a {names[item.name]}")
-                names[item.name] = kind
-        resources = {r.name: list(r.depends_on) for r in self._resources}
-        ordering.validate(resources)
-        ordering.validate(self._server_graph(), known=list(resources))
+        timeouts = ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout")
+        config.check_seconds({option: getattr(self, option) for option in timeouts})
+        delays = ("drain_delay", "cleanup_reserve", "cancel_grace")
+        config.check_seconds({option: getattr(self, option) for option in delays}, zero_ok=True)
+        config.check_stop_budget(
+            drain_delay=self.drain_delay,
+            cleanup_reserve=self.cleanup_reserve,
+            stop_timeout=self.stop_timeout,
+        )
+        config.check_signals(self.signals)
+        config.check_names(self.servers, self._resources)
+        self._group = ServerGroup(self.servers)
         if isinstance(self.registry, str):
             self._registry = from_url(self.registry)
         else:
@@ -736,16 +644,7 @@ class App:
 
     def _registry_label(self) -> str:
         """The registry as the user named it, with any password masked."""
-        if not isinstance(self.registry, str):
-            return repr(self.registry)
-        parts = urlsplit(self.registry)
-        if parts.password is None:
-            return self.registry
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-
-    def _server_graph(self) -> dict[str, list[str]]:
-        return {s.name: list(s.depends_on) for s in self.servers}
+        return redact(self.registry) if isinstance(self.registry, str) else repr(self.registry)
 
     def _resource_order(self) -> list[Resource[Any]]:
         by_name = {r.name: r for r in self._resources}
@@ -775,20 +674,6 @@ def _raise_if_failed(rec: PhaseRecord) -> None:
     else:
         line = f"{rec.name} timed out: {', '.join(rec.cut)}"
     raise _StartFailed(line)
-
-
-async def _each(
-    rec: PhaseRecord, items: Sequence[Server], kind: str, fn: Callable[[Server], Any]
-) -> None:
-    """Call ``fn`` on every item concurrently; record each error under the item's name."""
-
-    async def one(item: Server) -> None:
-        try:
-            await fn(item)
-        except Exception as exc:
-            rec.error(f"{kind} {item.name}", exc)
-
-    await asyncio.gather(*(one(item) for item in items))
 
 
 def _since(seq: Steps) -> float:

@@ -45,6 +45,7 @@ __all__ = [
     "Watch",
     "from_url",
     "kratos_endpoint",
+    "redact",
 ]
 
 logger = logging.getLogger("quiesce.registry")
@@ -221,6 +222,16 @@ def from_url(url: str) -> FileRegistry | EtcdRegistry:
         f"registry {url!r}: unknown registry scheme {scheme or url!r} "
         "(expected file:, etcd:// or etcds://)"
     )
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: safe for logs and messages."""
+    parts = urlsplit(url)
+    userinfo, sep, hosts = parts.netloc.rpartition("@")
+    if not sep or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def query_options(url: str, allowed: Sequence[str]) -> dict[str, str]:

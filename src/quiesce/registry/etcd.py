@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from quiesce.errors import ConfigError
+from quiesce.errors import ConfigError, describe
 from quiesce.registry import (
     Instance,
     RegistryError,
@@ -50,6 +50,7 @@ from quiesce.registry import (
     parse_instances,
     positive_seconds,
     query_options,
+    redact,
 )
 
 __all__ = ["EtcdError", "EtcdRegistry"]
@@ -158,7 +159,7 @@ class EtcdRegistry:
         """
         parts = urlsplit(url)
         secure = parts.scheme.lower() == "etcds"
-        safe = _redact(url)  # error messages name the URL, never its password
+        safe = redact(url)  # error messages name the URL, never its password
         options = query_options(safe, ("prefix", "ttl", "timeout", "relist", "ca", "cert", "key"))
         userinfo, _, hosts = parts.netloc.rpartition("@")
         username = password = None
@@ -369,7 +370,7 @@ class EtcdRegistry:
                     failures += 1
                     if failures == 1:
                         logger.warning(
-                            "%r: watch of %r failing, retrying: %s", self, name, _describe(exc)
+                            "%r: watch of %r failing, retrying: %s", self, name, describe(exc)
                         )
                     await asyncio.sleep(self._backoff(failures))
         finally:
@@ -435,7 +436,7 @@ class EtcdRegistry:
                         "%r: keeping %s registered is failing, retrying until it works: %s",
                         self,
                         ident,
-                        _describe(exc),
+                        describe(exc),
                     )
                 delay = self._backoff(failures)
                 continue
@@ -470,7 +471,7 @@ class EtcdRegistry:
                 if left <= 0:
                     raise RegistryError(
                         f"{self!r}: could not revoke the lease of {reg.instance.id}; "
-                        f"it has expired on its own: {_describe(exc)}"
+                        f"it has expired on its own: {describe(exc)}"
                     ) from exc
                 if failures == 1:
                     logger.warning(
@@ -478,7 +479,7 @@ class EtcdRegistry:
                         self,
                         reg.instance.id,
                         left,
-                        _describe(exc),
+                        describe(exc),
                     )
                 await asyncio.sleep(min(self._backoff(failures), left))
 
@@ -573,7 +574,7 @@ class EtcdRegistry:
                     base + self._api + method, json=body, headers=await self._auth(base)
                 )
             except httpx.TransportError as exc:
-                raise _TryAnotherMember(_describe(exc)) from exc
+                raise _TryAnotherMember(describe(exc)) from exc
             if not _is_json(response) and response.status_code == 404 and self._api == "/v3":
                 self._api = "/v3beta"  # etcd 3.3 (3.4 serves both; 3.5+ only /v3)
                 continue
@@ -619,7 +620,7 @@ class EtcdRegistry:
             try:
                 response = await client.send(request, stream=True)
             except httpx.TransportError as exc:
-                errors.append(f"{base}: {_describe(exc)}")
+                errors.append(f"{base}: {describe(exc)}")
                 continue
             try:
                 if response.status_code != 200:
@@ -657,7 +658,7 @@ class EtcdRegistry:
                     json={"name": self._username, "password": self._password},
                 )
             except httpx.TransportError as exc:
-                raise _TryAnotherMember(_describe(exc)) from exc
+                raise _TryAnotherMember(describe(exc)) from exc
             try:
                 answer = _result(response.json())
             except EtcdError as exc:
@@ -726,18 +727,3 @@ def _loop_time(monotonic_at: float) -> float:
     """A ``time.monotonic()`` instant on the running loop's clock (uvloop's differs)."""
     loop = asyncio.get_running_loop()
     return loop.time() + (monotonic_at - time.monotonic())
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    userinfo, sep, hosts = parts.netloc.rpartition("@")
-    if not sep:
-        return url
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()

@@ -1,0 +1,109 @@
+"""Checking an app's options before anything starts: one :class:`ConfigError` line each.
+
+A bad option must fail before a signal handler is installed or a port bound
+(exit code 2), naming the option and the value, so that nothing is lost to a
+typo in a deploy.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from quiesce import ordering
+from quiesce.errors import ConfigError
+
+__all__ = [
+    "KUBERNETES_GRACE",
+    "Named",
+    "check_names",
+    "check_seconds",
+    "check_signals",
+    "check_stop_budget",
+]
+
+logger = logging.getLogger("quiesce.lifecycle")
+
+#: Kubernetes' default terminationGracePeriodSeconds: a larger stop budget gets a warning.
+KUBERNETES_GRACE = 30.0
+
+
+def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
+    """Check that each option is a positive number of seconds (or zero, with ``zero_ok``).
+
+    Raises:
+        ConfigError: the first bad option, named with its value.
+
+    """
+    for option, value in options.items():
+        if not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok):
+            must = "zero or more seconds" if zero_ok else "a positive number of seconds"
+            raise ConfigError(f"{option}={value!r}: must be {must}")
+
+
+def check_stop_budget(*, drain_delay: float, cleanup_reserve: float, stop_timeout: float) -> None:
+    """Check that the drain delay fits the stop budget; warn when Kubernetes would cut it.
+
+    Raises:
+        ConfigError: the drain delay and the cleanup reserve use up ``stop_timeout``.
+
+    """
+    if drain_delay + cleanup_reserve >= stop_timeout:
+        raise ConfigError(
+            f"drain_delay={drain_delay}s does not fit stop_timeout={stop_timeout}s "
+            f"with {cleanup_reserve}s kept for after_stop and resources"
+        )
+    if stop_timeout > KUBERNETES_GRACE:
+        logger.warning(
+            "stop_timeout=%ss exceeds Kubernetes' default grace period (%ss): "
+            "raise terminationGracePeriodSeconds or the instance may be killed mid-stop",
+            stop_timeout,
+            KUBERNETES_GRACE,
+        )
+
+
+def check_signals(signals: Iterable[int]) -> None:
+    """Check that every stop signal is a signal.
+
+    Raises:
+        ConfigError: naming the first value that is not.
+
+    """
+    for sig in signals:
+        try:
+            signal.Signals(sig)
+        except ValueError:
+            raise ConfigError(f"signals: {sig!r} is not a signal") from None
+
+
+class Named(Protocol):
+    """A server or a resource: a name, and the names it depends on."""
+
+    @property
+    def name(self) -> str:
+        """Unique within the app."""
+
+    @property
+    def depends_on(self) -> Sequence[str]:
+        """The names that must be up before this one starts."""
+
+
+def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
+    """Check names and ``depends_on``: unique, known, and without cycles.
+
+    Raises:
+        ConfigError: a name used twice or an unknown dependency.
+        DependencyCycleError: naming the cycle, e.g. ``a -> b -> a``.
+
+    """
+    names: dict[str, str] = {}
+    for kind, items in (("server", servers), ("resource", resources)):
+        for item in items:
+            if item.name in names:
+                raise ConfigError(f"{kind} name {item.name!r} is already a {names[item.name]}")
+            names[item.name] = kind
+    graph = {r.name: list(r.depends_on) for r in resources}
+    ordering.validate(graph)
+    ordering.validate({s.name: list(s.depends_on) for s in servers}, known=list(graph))

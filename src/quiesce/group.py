@@ -1,0 +1,156 @@
+"""The servers of one app: started by ``depends_on``, stopped in reverse (go-zero's ServiceGroup).
+
+A server starts as soon as the servers it depends on are ready, and stops
+once its dependents have stopped; independent servers do both concurrently.
+Each stop is bounded by the server's own timeout and by what is left of the
+app's stop budget; what a server cut, or failed to stop, lands in the step's
+record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from quiesce import ordering
+from quiesce.errors import StartError, describe
+from quiesce.phases import Deadline, PhaseRecord
+from quiesce.servers import Server
+
+__all__ = ["SERVER_STOP_MARGIN", "ServerGroup"]
+
+#: Extra time a server's stop() gets beyond its own timeout to cancel and close what is left.
+SERVER_STOP_MARGIN = 0.25
+
+
+class ServerGroup:
+    """Start, drain, stop and watch a set of :class:`~quiesce.Server` objects as one."""
+
+    def __init__(self, servers: Sequence[Server] = ()) -> None:
+        self.servers = list(servers)
+        #: Servers whose start has begun and whose stop has not: what a stop must stop.
+        self.started: list[Server] = []
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def graph(self) -> dict[str, list[str]]:
+        """Each server's name with the names it depends on."""
+        return {s.name: list(s.depends_on) for s in self.servers}
+
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints of the started servers, in start order."""
+        return tuple(ep for s in self.started for ep in s.endpoints())
+
+    async def start(self, rec: PhaseRecord) -> None:
+        """Start every server once its dependencies are ready.
+
+        Raises:
+            StartError: a server failed to start; it names the server.
+
+        """
+        by_name = {s.name: s for s in self.servers}
+
+        async def start_server(name: str) -> None:
+            server = by_name[name]
+            rec.waited_for.append(f"server {name}")
+            self.started.append(server)  # a start cut by cancellation is stopped too
+            try:
+                await server.start()
+            except Exception as exc:
+                self.started.remove(server)
+                if isinstance(exc, StartError):  # the adapter already named itself
+                    raise
+                raise StartError(f"server {name!r}", exc) from exc
+
+        await ordering.walk(self.graph(), start_server)
+
+    async def drain(self, rec: PhaseRecord) -> None:
+        """Tell every started server to go not-ready while it keeps serving."""
+        await _each(rec, self.started, lambda s: s.drain())
+
+    async def stop(
+        self, rec: PhaseRecord, deadline: Deadline, *, reserve: float, default_timeout: float | None
+    ) -> None:
+        """Stop the started servers, dependents first, within ``deadline`` less ``reserve``.
+
+        A server without a ``stop_timeout`` of its own gets ``default_timeout``
+        (None: whatever is left of the budget).
+        """
+        started = {s.name: s for s in self.started}
+        graph = {n: [d for d in deps if d in started] for n, deps in self.graph().items()}
+        graph = {n: deps for n, deps in graph.items() if n in started}
+
+        async def stop_server(name: str) -> None:
+            server = started[name]
+            own = getattr(server, "stop_timeout", None)
+            own = default_timeout if own is None else own
+            budget = deadline.remaining(reserve)
+            timeout = budget if own is None else min(own, budget)
+            hard = min(timeout + SERVER_STOP_MARGIN, deadline.remaining(reserve / 2))
+            in_flight = getattr(server, "in_flight", None)
+            load = f" ({in_flight} in flight)" if isinstance(in_flight, int) else ""
+            rec.waited_for.append(f"server {name}{load}")
+            try:
+                async with asyncio.timeout(hard):
+                    cut = await server.stop(timeout)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the stop itself is being forced
+                # A cancellation leaking out of the adapter is its failure, not ours to hide.
+                rec.error(f"server {name}", RuntimeError("stop() was cancelled from within"))
+            except TimeoutError:
+                rec.timed_out(f"server {name} (stop did not return within {timeout:.3g}s)")
+            except Exception as exc:
+                rec.error(f"server {name}", exc)
+            else:
+                for item in cut or ():
+                    rec.timed_out(f"server {name}: {item}")
+            self.started.remove(server)
+
+        await ordering.walk(ordering.reverse(graph), stop_server)
+
+    async def stop_at_once(self, rec: PhaseRecord) -> None:
+        """Stop every started server with no grace (a forced end); each is named as cut."""
+        servers, self.started = self.started, []
+        rec.cut.extend(f"server {s.name} [stopped at once]" for s in servers)
+        await _each(rec, servers, lambda s: s.stop(0))
+
+    def watch(self, on_exit: Callable[[str, str], None]) -> None:
+        """Call ``on_exit(name, cause)`` when a started server stops serving on its own.
+
+        Only servers with a ``wait_closed()`` can be watched.
+        """
+        for server in self.started:
+            wait_closed = getattr(server, "wait_closed", None)
+            if wait_closed is not None:
+                watcher = _watch(server.name, wait_closed, on_exit)
+                self._watchers.append(asyncio.create_task(watcher, name="quiesce watch"))
+
+    def unwatch(self) -> None:
+        """Stop watching: from here on, servers stop because they are told to."""
+        for watcher in self._watchers:
+            watcher.cancel()
+
+
+async def _watch(
+    name: str, wait_closed: Callable[[], Any], on_exit: Callable[[str, str], None]
+) -> None:
+    try:
+        await wait_closed()
+        cause = "stopped serving"
+    except Exception as exc:
+        cause = describe(exc)
+    on_exit(name, cause)
+
+
+async def _each(rec: PhaseRecord, servers: Sequence[Server], fn: Callable[[Server], Any]) -> None:
+    """Call ``fn`` on every server concurrently; record each error under the server's name."""
+
+    async def one(server: Server) -> None:
+        try:
+            await fn(server)
+        except Exception as exc:
+            rec.error(f"server {server.name}", exc)
+
+    await asyncio.gather(*(one(s) for s in servers))
