@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from quiesce import config, ordering
+from quiesce import config
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
@@ -35,7 +35,7 @@ from quiesce.phases import Sequence as Steps
 from quiesce.process import arm_watchdog, run_and_exit
 from quiesce.registry import Instance, Registry, from_url, redact
 from quiesce.report import ExitCode, Report
-from quiesce.resources import Resource
+from quiesce.resources import Resource, ResourceStack
 from quiesce.servers import Server
 from quiesce.signals import SignalScope
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
@@ -157,7 +157,7 @@ class App:
             "before_stop": [],
             "after_stop": [],
         }
-        self._resources: list[Resource[Any]] = []
+        self._resources = ResourceStack()
         self._tracker = TaskTracker()
         self._registry: Registry | None = None
         self._instance: Instance | None = None
@@ -198,7 +198,7 @@ class App:
         """
         self._check_not_started("resource")
         res: Resource[Any] = Resource(factory, name=name, depends_on=depends_on)
-        self._resources.append(res)
+        self._resources.add(res)
         return res
 
     def before_start(self, fn: H) -> H:
@@ -379,12 +379,7 @@ class App:
 
         # Resources, one at a time in dependency-then-declaration order.
         async with seq.step("resources", deadline.remaining()) as rec:
-            for res in self._resource_order():
-                rec.waited_for.append(f"resource {res.name}")
-                try:
-                    await res.enter()
-                except Exception as exc:
-                    raise StartError(f"resource {res.name!r}", exc) from exc
+            await self._resources.enter(rec)
         _raise_if_failed(rec)
 
         # before_start hooks; a failing one fails the start.
@@ -475,13 +470,7 @@ class App:
 
         # Resources, last in first out.
         async with seq.step("resources", deadline.remaining()) as rec:
-            for res in reversed(self._resource_order()):
-                if res.is_open:
-                    rec.waited_for.append(f"resource {res.name}")
-                    try:
-                        await res.close()
-                    except Exception as exc:
-                        rec.error(f"resource {res.name}", exc)
+            await self._resources.close(rec)
 
     async def _register(self, rec: PhaseRecord, timeout: float) -> None:
         assert self._registry is not None
@@ -540,10 +529,7 @@ class App:
             rec.mark(Outcome.FORCED)
             rec.cut.extend(self._tracker.abandon())
             await self._group.stop_at_once(rec)
-            for res in reversed(self._resource_order()):
-                if res.is_open:
-                    rec.cut.append(f"resource {res.name} [closed at once]")
-                    await res.close()
+            await self._resources.close(rec, at_once=True)
 
     def _arm_force_watchdog(self) -> threading.Timer | None:
         # A force must end the process even when the loop is blocked and cannot act on it.
@@ -631,7 +617,7 @@ class App:
             stop_timeout=self.stop_timeout,
         )
         config.check_signals(self.signals)
-        config.check_names(self.servers, self._resources)
+        config.check_names(self.servers, self._resources.resources)
         self._group = ServerGroup(self.servers)
         if isinstance(self.registry, str):
             self._registry = from_url(self.registry)
@@ -645,11 +631,6 @@ class App:
     def _registry_label(self) -> str:
         """The registry as the user named it, with any password masked."""
         return redact(self.registry) if isinstance(self.registry, str) else repr(self.registry)
-
-    def _resource_order(self) -> list[Resource[Any]]:
-        by_name = {r.name: r for r in self._resources}
-        order = ordering.stable_order({r.name: list(r.depends_on) for r in self._resources})
-        return [by_name[n] for n in order]
 
     def _set_state(self, state: State) -> None:
         order = list(State)

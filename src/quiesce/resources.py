@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
+from quiesce import ordering
+from quiesce.errors import StartError
 from quiesce.hooks import callable_name
+from quiesce.phases import PhaseRecord
 
-__all__ = ["Resource"]
+__all__ = ["Resource", "ResourceStack"]
 
 T = TypeVar("T")
 
@@ -62,6 +65,54 @@ class Resource(Generic[T]):
                 await cm.__aexit__(None, None, None)
         finally:
             self._open = False
+
+
+class ResourceStack:
+    """An app's resources: entered one at a time after what they depend on, closed LIFO."""
+
+    def __init__(self) -> None:
+        self.resources: list[Resource[Any]] = []
+
+    def add(self, res: Resource[Any]) -> None:
+        """Declare ``res``; it is entered after those declared before it (and its dependencies)."""
+        self.resources.append(res)
+
+    def order(self) -> list[Resource[Any]]:
+        """Dependencies first, then declaration order."""
+        by_name = {r.name: r for r in self.resources}
+        order = ordering.stable_order({r.name: list(r.depends_on) for r in self.resources})
+        return [by_name[n] for n in order]
+
+    async def enter(self, rec: PhaseRecord) -> None:
+        """Enter every resource in :meth:`order`.
+
+        Raises:
+            StartError: a resource failed to open; it names the resource.
+
+        """
+        for res in self.order():
+            rec.waited_for.append(f"resource {res.name}")
+            try:
+                await res.enter()
+            except Exception as exc:
+                raise StartError(f"resource {res.name!r}", exc) from exc
+
+    async def close(self, rec: PhaseRecord, *, at_once: bool = False) -> None:
+        """Close the open resources, last in first out; each error is kept in ``rec``.
+
+        ``at_once`` (a forced end) names each as cut instead of waited for.
+        """
+        for res in reversed(self.order()):
+            if not res.is_open:
+                continue
+            if at_once:
+                rec.cut.append(f"resource {res.name} [closed at once]")
+            else:
+                rec.waited_for.append(f"resource {res.name}")
+            try:
+                await res.close()
+            except Exception as exc:
+                rec.error(f"resource {res.name}", exc)
 
 
 def _name_of(factory: Any) -> str:
