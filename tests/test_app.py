@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from quiesce import App, ExitCode, Outcome, State, StoppedError
+from quiesce import App, ConfigError, ExitCode, Outcome, State, StoppedError
 from quiesce.servers.stream import StreamServer
 
 
@@ -409,3 +409,19 @@ async def test_stop_during_after_start_lets_the_hooks_finish() -> None:
     assert ran == ["first", "second"]
     assert all(r.outcome is Outcome.OK for r in report.start)
     assert report.reason == "asked early"
+
+
+async def test_something_that_is_not_a_server_is_a_config_error_naming_what_it_lacks() -> None:
+    app = App(name="svc", servers=[StreamServer(echo), object()])  # type: ignore[list-item]
+    report = await app.serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error == (
+        "servers[1]: object is not a quiesce.Server "
+        "(missing name, depends_on, start, drain, stop, endpoints)"
+    )
+
+
+def test_hook_that_is_not_callable_is_refused_at_once() -> None:
+    app = App(name="svc")
+    with pytest.raises(ConfigError, match=r"@app.before_stop: 5 is not a function"):
+        app.before_stop(5)  # type: ignore[type-var]

@@ -203,22 +203,24 @@ class App:
 
     def before_start(self, fn: H) -> H:
         """Decorator: run ``fn`` after resources, before servers start; failing fails the start."""
-        self._hooks["before_start"].append(fn)
-        return fn
+        return self._add_hook("before_start", fn)
 
     def after_start(self, fn: H) -> H:
         """Decorator: run ``fn`` once every server is ready (and registered)."""
-        self._hooks["after_start"].append(fn)
-        return fn
+        return self._add_hook("after_start", fn)
 
     def before_stop(self, fn: H) -> H:
         """Decorator: run ``fn`` as the stop begins, before deregistration (go-zero's wrap-up)."""
-        self._hooks["before_stop"].append(fn)
-        return fn
+        return self._add_hook("before_stop", fn)
 
     def after_stop(self, fn: H) -> H:
         """Decorator: run ``fn`` after servers and tasks stopped, before resources close."""
-        self._hooks["after_stop"].append(fn)
+        return self._add_hook("after_stop", fn)
+
+    def _add_hook(self, group: str, fn: H) -> H:
+        if not callable(fn):
+            raise ConfigError(f"@app.{group}: {fn!r} is not a function")
+        self._hooks[group].append(fn)
         return fn
 
     # -- tracked work ----------------------------------------------------------
@@ -617,6 +619,7 @@ class App:
             stop_timeout=self.stop_timeout,
         )
         config.check_signals(self.signals)
+        config.check_servers(self.servers)
         config.check_names(self.servers, self._resources.resources)
         self._group = ServerGroup(self.servers)
         if isinstance(self.registry, str):

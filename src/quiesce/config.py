@@ -14,12 +14,15 @@ from typing import Any, Protocol
 
 from quiesce import ordering
 from quiesce.errors import ConfigError
+from quiesce.servers import Server
 
 __all__ = [
     "KUBERNETES_GRACE",
     "Named",
+    "check_listen",
     "check_names",
     "check_seconds",
+    "check_servers",
     "check_signals",
     "check_stop_budget",
 ]
@@ -107,3 +110,41 @@ def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
     graph = {r.name: list(r.depends_on) for r in resources}
     ordering.validate(graph)
     ordering.validate({s.name: list(s.depends_on) for s in servers}, known=list(graph))
+
+
+def check_servers(servers: Sequence[object]) -> None:
+    """Check that each server implements :class:`~quiesce.Server`, then its own options.
+
+    A server's optional ``check()`` is called here, so that its bad options
+    fail the run like the app's (exit code 2) instead of at bind time.
+
+    Raises:
+        ConfigError: naming the first server that is not one, or its bad option.
+
+    """
+    required = ("name", "depends_on", "start", "drain", "stop", "endpoints")
+    for i, server in enumerate(servers):
+        if not isinstance(server, Server):
+            missing = ", ".join(m for m in required if not hasattr(server, m))
+            raise ConfigError(
+                f"servers[{i}]: {type(server).__name__} is not a quiesce.Server (missing {missing})"
+            )
+        check = getattr(server, "check", None)
+        if check is not None:
+            check()
+
+
+def check_listen(name: str, host: object, port: object, stop_timeout: object) -> None:
+    """Check a listening server's address and its own stop timeout.
+
+    Raises:
+        ConfigError: ``server '<name>': <option>=<value>: <why>``.
+
+    """
+    where = f"server {name!r}"
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{where}: host={host!r}: must be a host name or address")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ConfigError(f"{where}: port={port!r}: must be an integer from 0 to 65535")
+    if stop_timeout is not None:
+        check_seconds({f"{where}: stop_timeout": stop_timeout})

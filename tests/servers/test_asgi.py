@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -147,3 +148,29 @@ def test_endpoint_scheme_follows_tls_options() -> None:
         "https://127.0.0.1:8443"
     ]
     assert HTTPServer(api, host="::1", port=80).endpoints() == ["http://[::1]:80"]
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        (HTTPServer(42, port=0), "server 'http': 42 is not an ASGI app (not callable)"),  # type: ignore[arg-type]
+        (
+            HTTPServer(api, port=70000),
+            "server 'http': port=70000: must be an integer from 0 to 65535",
+        ),
+        (HTTPServer(api, port="80"), "server 'http': port='80': must be an integer"),  # type: ignore[arg-type]
+        (HTTPServer(api, host=""), "server 'http': host='': must be a host name or address"),
+        (HTTPServer(api, stop_timeout=-1), "server 'http': stop_timeout=-1: must be a positive"),
+        (
+            HTTPServer(api, ready_path="readyz"),
+            "ready_path='readyz': must be a path starting with /",
+        ),
+    ],
+)
+async def test_bad_http_options_exit_2_naming_server_and_option(
+    server: HTTPServer, message: str
+) -> None:
+    report = await App(name="svc", servers=[server]).serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert message in (report.error or "")
+    assert report.start == [], "checked before anything started"

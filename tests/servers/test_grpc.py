@@ -347,3 +347,9 @@ def test_grpc_server_implements_the_server_protocol() -> None:
 
 def test_grpc_ipv6_endpoint_is_bracketed() -> None:
     assert GRPCServer(sync_factory, host="::1", port=5).endpoints() == ["grpc://[::1]:5"]
+
+
+async def test_bad_grpc_port_exits_2_naming_server_and_option() -> None:
+    report = await App(name="svc", servers=[GRPCServer(sync_factory, port=-1)]).serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error == "server 'grpc': port=-1: must be an integer from 0 to 65535"

@@ -21,6 +21,8 @@ class Server(Protocol):
 
     - ``stop_timeout: float | None``: this server's own stop timeout; None
       inherits the app's remaining stop budget.
+    - ``check()``: called before anything starts; raises
+      :class:`~quiesce.ConfigError` for a bad option (the run exits with code 2).
     - ``bind(app)``: called once before the start, with the owning app (for
       readiness and ``app.stopping``).
     - ``async wait_closed()``: returns (or raises) when the server stops

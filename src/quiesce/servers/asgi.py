@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from quiesce.errors import StartError
+from quiesce.config import check_listen
+from quiesce.errors import ConfigError, StartError
 from quiesce.phases import State
 
 if TYPE_CHECKING:
@@ -98,6 +99,23 @@ class HTTPServer:
         self._lifespan_errors: list[str] = []
 
     # -- the Server protocol ---------------------------------------------------
+
+    def check(self) -> None:
+        """Check the options before the app starts anything.
+
+        Raises:
+            ConfigError: not an ASGI app, a bad address, stop timeout or probe path.
+
+        """
+        check_listen(self.name, self.host, self.port, self.stop_timeout)
+        where = f"server {self.name!r}"
+        if not callable(self.app):
+            raise ConfigError(f"{where}: {self.app!r} is not an ASGI app (not callable)")
+        gate = self._gate
+        for option, path in (("health_path", gate.health_path), ("ready_path", gate.ready_path)):
+            if path is not None and not str(path).startswith("/"):
+                must = "must be a path starting with /, or None"
+                raise ConfigError(f"{where}: {option}={path!r}: {must}")
 
     def bind(self, app: App) -> None:
         """Answer readiness from ``app``'s lifecycle state."""

@@ -25,6 +25,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stubs predate it
 
+from quiesce.config import check_listen
+
 if TYPE_CHECKING:
     from quiesce.app import App
 
@@ -95,6 +97,15 @@ class GRPCServer:
         self._running = False
         self._app: App | None = None
         self._until_ready: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        """Check the options before the app starts anything.
+
+        Raises:
+            ConfigError: a bad address or stop timeout.
+
+        """
+        check_listen(self.name, self.host, self.port, self.stop_timeout)
 
     def bind(self, app: App) -> None:
         """Turn health SERVING when ``app`` is ready, not merely when this server is bound."""

@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
+from quiesce.config import check_listen
+from quiesce.errors import ConfigError
+
 __all__ = ["StreamHandler", "StreamServer"]
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -43,6 +46,17 @@ class StreamServer:
         self.draining = False
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    def check(self) -> None:
+        """Check the options before the app starts anything.
+
+        Raises:
+            ConfigError: the handler is not callable, or a bad address or stop timeout.
+
+        """
+        check_listen(self.name, self.host, self.port, self.stop_timeout)
+        if not callable(self.handler):
+            raise ConfigError(f"server {self.name!r}: the handler {self.handler!r} is not callable")
 
     async def start(self) -> None:
         """Bind and listen; raises OSError when the address cannot be bound."""
