@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from quiesce import App, ExitCode, Outcome
-from quiesce.tasks import task_stack
+from quiesce.tasks import HANDOFF_TIMEOUT, task_stack
 
 
 async def test_failed_tracked_task_is_logged_with_its_name(
@@ -51,6 +51,26 @@ async def test_spawn_from_a_sync_hook_thread_is_tracked() -> None:
     assert finished == ["later"]
     (tasks,) = [r for r in report.stop if r.name == "tasks"]
     assert any("'later'" in w for w in tasks.waited_for)
+
+
+async def test_spawn_of_something_not_a_coroutine_raises_in_the_caller_thread_at_once() -> None:
+    app = App(name="svc")
+    raised: list[BaseException] = []
+
+    @app.after_start
+    def from_thread() -> None:
+        try:
+            _ = app.spawn(asyncio.sleep)  # type: ignore[arg-type]  # forgot the call
+        except TypeError as exc:
+            raised.append(exc)
+        app.stop()
+
+    report = await asyncio.wait_for(app.serve(), HANDOFF_TIMEOUT / 2)
+    assert report.exit_code == ExitCode.OK, report.to_text()
+    (exc,) = raised
+    assert str(exc).startswith("spawn() needs a coroutine, like spawn(work()), not <function sleep")
+    with pytest.raises(TypeError, match="needs a coroutine"):
+        _ = app.spawn(None)  # type: ignore[arg-type]
 
 
 async def test_tasks_spawned_by_tracked_tasks_are_waited_for_too() -> None:

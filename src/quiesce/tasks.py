@@ -63,6 +63,8 @@ class TaskTracker:
         From a thread other than the loop's (a sync hook), the task is created
         in the loop and this call waits for it, at most ``HANDOFF_TIMEOUT``.
         """
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"spawn() needs a coroutine, like spawn(work()), not {coro!r}")
         if self._closed:
             coro.close()
             raise StoppedError("spawn() after the task phase of the stop has ended")
@@ -76,9 +78,14 @@ class TaskTracker:
                 coro.close()
                 raise RuntimeError("spawn() before the app runs: there is no loop yet") from None
             handoff: concurrent.futures.Future[asyncio.Task[T]] = concurrent.futures.Future()
-            owner.call_soon_threadsafe(
-                lambda: handoff.set_result(self._create(owner, coro, name, site))
-            )
+
+            def create() -> None:
+                try:
+                    handoff.set_result(self._create(owner, coro, name, site))
+                except BaseException as exc:  # the caller's thread raises it, not the loop
+                    handoff.set_exception(exc)
+
+            owner.call_soon_threadsafe(create)
             return handoff.result(timeout=HANDOFF_TIMEOUT)
         return self._create(loop, coro, name, site)
 

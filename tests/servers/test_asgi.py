@@ -162,6 +162,15 @@ def test_endpoint_scheme_follows_tls_options() -> None:
         (HTTPServer(api, host=""), "server 'http': host='': must be a host name or address"),
         (HTTPServer(api, stop_timeout=-1), "server 'http': stop_timeout=-1: must be a positive"),
         (
+            HTTPServer(api, timeout_keep_aliv=5),
+            "server 'http': uvicorn options: Config.__init__() got an unexpected keyword argument",
+        ),
+        (HTTPServer(api, workers=4), "uvicorn option workers=4: run more instances instead"),
+        (
+            HTTPServer(api, timeout_graceful_shutdown=5),
+            "uvicorn option timeout_graceful_shutdown=5: use stop_timeout",
+        ),
+        (
             HTTPServer(api, ready_path="readyz"),
             "ready_path='readyz': must be a path starting with /",
         ),

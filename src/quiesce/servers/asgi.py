@@ -52,6 +52,14 @@ CUT_GRACE = 0.1
 HEADER_REFRESH = 1.0
 #: Bound on uvicorn's listener ``wait_closed()``, which on 3.12+ waits for connections.
 WAIT_CLOSED_TIMEOUT = 0.2
+#: uvicorn options that make no sense for one embedded server, and what to do instead.
+NOT_EMBEDDABLE = {
+    "uds": "HTTPServer listens on host:port",
+    "fd": "HTTPServer listens on host:port",
+    "reload": "restart the process instead",
+    "workers": "run more instances instead",
+    "timeout_graceful_shutdown": "use stop_timeout",
+}
 
 
 class HTTPServer:
@@ -65,7 +73,8 @@ class HTTPServer:
     in-flight requests finish, then cancels what is left: HTTP requests are
     cut, WebSockets are closed with code 1001; the report names each.
     ``uvicorn_options`` go to :class:`uvicorn.Config` (``log_config``
-    defaults to None: the host's logging is left alone).
+    defaults to None: the host's logging is left alone); an unknown one, or
+    one of :data:`NOT_EMBEDDABLE`, is a bad configuration (exit code 2).
 
     Raises (from :meth:`start`):
         StartError: the port cannot be bound, or the ASGI lifespan startup failed.
@@ -111,6 +120,14 @@ class HTTPServer:
         where = f"server {self.name!r}"
         if not callable(self.app):
             raise ConfigError(f"{where}: {self.app!r} is not an ASGI app (not callable)")
+        for option, instead in NOT_EMBEDDABLE.items():
+            value = self.uvicorn_options.get(option)
+            if value not in (None, False) and not (option == "workers" and value == 1):
+                raise ConfigError(f"{where}: uvicorn option {option}={value!r}: {instead}")
+        try:
+            self._config()
+        except TypeError as exc:  # an unknown keyword: a typo of a uvicorn option
+            raise ConfigError(f"{where}: uvicorn options: {exc}") from None
         gate = self._gate
         for option, path in (("health_path", gate.health_path), ("ready_path", gate.ready_path)):
             if path is not None and not str(path).startswith("/"):
@@ -121,10 +138,13 @@ class HTTPServer:
         """Answer readiness from ``app``'s lifecycle state."""
         self._gate.owner = app
 
+    def _config(self) -> uvicorn.Config:
+        return uvicorn.Config(self._gate, host=self.host, port=self.port, **self.uvicorn_options)
+
     async def start(self) -> None:
         """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
         sock = self._bind()
-        config = uvicorn.Config(self._gate, host=self.host, port=self.port, **self.uvicorn_options)
+        config = self._config()
         server = uvicorn.Server(config)
         # Track connections in a set that says when it empties: the stop waits on that.
         server.server_state.connections = self._connections
