@@ -93,7 +93,10 @@ def test_default_id_is_host_pid_random() -> None:
     [
         ({"stop_timeout": 0}, "stop_timeout=0: must be a positive"),
         ({"stop_timeout": "30"}, "stop_timeout='30': must be a positive"),
-        ({"name": ""}, "name: an app needs a name"),
+        ({"name": ""}, "name='': an app needs a name"),
+        ({"name": 5}, "name=5: an app needs a name"),
+        ({"stop_timeout": float("inf")}, "stop_timeout=inf: must be a positive"),
+        ({"registry": object()}, "registry: object is neither a URL nor a quiesce.Registry"),
         ({"drain_delay": -1}, "drain_delay=-1: must be zero or more"),
         ({"drain_delay": 29, "stop_timeout": 30}, "drain_delay=29s does not fit stop_timeout=30s"),
         ({"registry": "zookeeper://127.0.0.1:2181"}, "unknown registry scheme 'zookeeper'"),

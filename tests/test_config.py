@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from quiesce import ConfigError, DependencyCycleError
 from quiesce.config import (
     KUBERNETES_GRACE,
+    check_identity,
     check_names,
+    check_registry,
     check_seconds,
     check_signals,
     check_stop_budget,
 )
+from quiesce.registry.file import FileRegistry
 
 
 @dataclass
@@ -30,6 +34,9 @@ class Part:
         (-1, True, "t=-1: must be zero or more seconds"),
         ("5", False, "t='5': must be a positive number of seconds"),
         (None, True, "t=None: must be zero or more seconds"),
+        (float("inf"), False, "t=inf: must be a positive number of seconds"),
+        (float("nan"), True, "t=nan: must be zero or more seconds"),
+        (True, False, "t=True: must be a positive number of seconds"),
     ],
 )
 def test_check_seconds_bad_value_names_option_and_value(
@@ -80,3 +87,19 @@ def test_check_names_server_may_depend_on_a_resource_but_not_the_reverse() -> No
 def test_check_names_cycle_names_the_cycle() -> None:
     with pytest.raises(DependencyCycleError, match="dependency cycle: a -> b -> a"):
         check_names([Part("a", ("b",)), Part("b", ("a",))], [])
+
+
+def test_check_identity_needs_a_name_and_a_string_version() -> None:
+    check_identity("orders", "1.2.3")
+    with pytest.raises(ConfigError, match="name=None: an app needs a name"):
+        check_identity(None, "1")
+    with pytest.raises(ConfigError, match=r"version=1\.2: must be a string"):
+        check_identity("orders", 1.2)
+
+
+def test_check_registry_takes_none_a_url_or_a_registry(tmp_path: Path) -> None:
+    check_registry(None)
+    check_registry("etcd://127.0.0.1:2379")
+    check_registry(FileRegistry(tmp_path))
+    with pytest.raises(ConfigError, match=r"registry: dict is neither a URL nor"):
+        check_registry({"url": "etcd://127.0.0.1:2379"})

@@ -607,8 +607,7 @@ class App:
     # -- configuration ---------------------------------------------------------
 
     def _validate(self) -> None:
-        if not self.name:
-            raise ConfigError("name: an app needs a name")
+        config.check_identity(self.name, self.version)
         timeouts = ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout")
         config.check_seconds({option: getattr(self, option) for option in timeouts})
         delays = ("drain_delay", "cleanup_reserve", "cancel_grace")
@@ -621,6 +620,7 @@ class App:
         config.check_signals(self.signals)
         config.check_servers(self.servers)
         config.check_names(self.servers, self._resources.resources)
+        config.check_registry(self.registry)
         self._group = ServerGroup(self.servers)
         if isinstance(self.registry, str):
             self._registry = from_url(self.registry)

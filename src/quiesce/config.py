@@ -8,19 +8,23 @@ typo in a deploy.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from quiesce import ordering
 from quiesce.errors import ConfigError
+from quiesce.registry import Registry
 from quiesce.servers import Server
 
 __all__ = [
     "KUBERNETES_GRACE",
     "Named",
+    "check_identity",
     "check_listen",
     "check_names",
+    "check_registry",
     "check_seconds",
     "check_servers",
     "check_signals",
@@ -41,7 +45,9 @@ def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
 
     """
     for option, value in options.items():
-        if not isinstance(value, int | float) or value < 0 or (value == 0 and not zero_ok):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        # Not infinite either: every wait is bounded, and a timer cannot hold inf.
+        if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             must = "zero or more seconds" if zero_ok else "a positive number of seconds"
             raise ConfigError(f"{option}={value!r}: must be {must}")
 
@@ -148,3 +154,31 @@ def check_listen(name: str, host: object, port: object, stop_timeout: object) ->
         raise ConfigError(f"{where}: port={port!r}: must be an integer from 0 to 65535")
     if stop_timeout is not None:
         check_seconds({f"{where}: stop_timeout": stop_timeout})
+
+
+def check_identity(name: object, version: object) -> None:
+    """Check the service name and version: non-empty strings (they make the registry key).
+
+    Raises:
+        ConfigError: naming the option and its value.
+
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name={name!r}: an app needs a name (a non-empty string)")
+    if not isinstance(version, str):
+        raise ConfigError(f"version={version!r}: must be a string")
+
+
+def check_registry(registry: object) -> None:
+    """Check that ``registry`` is None, a URL, or implements :class:`~quiesce.Registry`.
+
+    Raises:
+        ConfigError: naming what it got.
+
+    """
+    if registry is None or isinstance(registry, str | Registry):
+        return
+    raise ConfigError(
+        f"registry: {type(registry).__name__} is neither a URL nor a quiesce.Registry "
+        "(needs register and deregister)"
+    )
