@@ -41,7 +41,10 @@ What the transport does with a request:
 The watch starts with the first request (or ``async with``) and ends with
 ``aclose()``; while it fails (etcd down), the last list it gave is kept.
 A response answered by an instance carries it in
-``response.extensions["quiesce.instance"]`` (an :class:`~quiesce.registry.Instance`).
+``response.extensions["quiesce.instance"]`` (an :class:`~quiesce.registry.Instance`);
+its ``response.url`` stays the service's (the placeholder host), so relative
+redirects go through discovery again and cookies are kept for the service,
+not for whichever instance set them.
 
 This module imports httpx; ``import quiesce`` does not import it.
 """
@@ -281,6 +284,18 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         if not self._targets:
             await self._wait_for_instances(request)
         set_host = request.headers.get("host") == PLACEHOLDER_HOST
+        service_url = request.url
+        try:
+            return await self._send(request, set_host)
+        finally:
+            # httpx reads the request back for a relative redirect and for the cookies a
+            # response sets: both must belong to the service, not to the instance that
+            # happened to answer (the next request may go to another one).
+            request.url = service_url
+            if set_host:
+                request.headers["Host"] = PLACEHOLDER_HOST
+
+    async def _send(self, request: httpx.Request, set_host: bool) -> httpx.Response:
         # After a broken connection only an idempotent request may be sent again, and
         # only with a body held in memory (a streamed one may be half consumed).
         idempotent = request.method in IDEMPOTENT_METHODS

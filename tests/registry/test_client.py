@@ -25,11 +25,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.routing import Route
 
 from quiesce import App, ExitCode, HTTPServer, Report
-from quiesce.client import AsyncClient, NoInstanceError, http_endpoint
+from quiesce.client import PLACEHOLDER_HOST, AsyncClient, NoInstanceError, http_endpoint
 from quiesce.errors import ConfigError
 from quiesce.process import new_event_loop
 from quiesce.registry import Instance, from_url
@@ -94,10 +94,23 @@ async def serving(
     """An App named ``orders`` with a real HTTPServer; every path answers with the App's id."""
 
     async def whoami(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(ident, headers={"x-path": request.url.path})
+        cookie = request.cookies.get("session", "-")
+        return PlainTextResponse(ident, headers={"x-path": request.url.path, "x-cookie": cookie})
+
+    async def moved(request: Request) -> RedirectResponse:
+        return RedirectResponse("/moved-here")  # relative, as most apps write it
+
+    async def login(request: Request) -> PlainTextResponse:
+        response = PlainTextResponse(ident)
+        response.set_cookie("session", f"from-{ident}")
+        return response
 
     api = Starlette(
-        routes=[Route("/{path:path}", whoami, methods=["GET", "POST", "PUT", "DELETE"])]
+        routes=[
+            Route("/moved", moved),
+            Route("/login", login),
+            Route("/{path:path}", whoami, methods=["GET", "POST", "PUT", "DELETE"]),
+        ]
     )
     server = HTTPServer(api, port=port, access_log=False, **uvicorn)
     app = App(
@@ -411,7 +424,7 @@ def test_client_uses_only_http_endpoints_and_kratos_is_secure(
     tls = make_tls(tmp_path / "tls")
     context = ssl.create_default_context(cafile=str(tls.ca))
 
-    async def scenario() -> tuple[httpx.Response, list[str]]:
+    async def scenario() -> tuple[httpx.Response, list[str], bool]:
         async with serving(
             None, "tls", ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key)
         ) as secure:
@@ -433,11 +446,13 @@ def test_client_uses_only_http_endpoints_and_kratos_is_secure(
                 AsyncClient(service="orders", registry=file_url, verify=context) as client,
             ):
                 response = await client.get("/x")
-                return response, [i.id for i in client.instances]
+                stream = response.extensions["network_stream"]
+                over_tls = stream.get_extra_info("ssl_object") is not None
+                return response, [i.id for i in client.instances], over_tls
 
-    response, rotation = run(scenario)
+    response, rotation, over_tls = run(scenario)
     assert (response.status_code, response.text) == (200, "tls")
-    assert response.url.scheme == "https"
+    assert over_tls, "Kratos' isSecure=true means https"
     assert rotation == ["a-tls"]
 
 
@@ -468,6 +483,34 @@ def test_client_absolute_urls_pass_through_and_base_url_is_a_path_prefix(file_ur
     assert (direct.text, direct.headers["x-path"]) == ("elsewhere", "/direct")
     assert "quiesce.instance" not in direct.extensions
     assert (prefixed.text, prefixed.headers["x-path"]) == ("svc", "/api/v1/orders")
+
+
+def test_client_relative_redirect_and_cookies_belong_to_the_service_not_one_instance(
+    file_url: str,
+) -> None:
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with (
+            serving(file_url, "a"),
+            serving(file_url, "b"),
+            AsyncClient(service="orders", registry=file_url, follow_redirects=True) as client,
+        ):
+            redirected = await client.get("/moved")
+            logged_in = await client.get("/login")
+            after = await client.get("/who")
+            return redirected, logged_in, after
+
+    redirected, logged_in, after = run(scenario)
+    # The redirect went back through discovery (round-robin: the other instance),
+    # not straight to the instance that sent it.
+    (hop,) = redirected.history
+    assert hop.status_code == 307
+    assert redirected.url == httpx.URL(f"http://{PLACEHOLDER_HOST}/moved-here")
+    assert redirected.headers["x-path"] == "/moved-here"
+    first = hop.extensions["quiesce.instance"].id
+    assert redirected.extensions["quiesce.instance"].id != first
+    # A cookie set by one instance is sent to the next, whichever answers.
+    assert logged_in.extensions["quiesce.instance"].id != after.extensions["quiesce.instance"].id
+    assert after.headers["x-cookie"] == f"from-{logged_in.text}"
 
 
 def test_client_options_are_checked_up_front() -> None:
