@@ -6,6 +6,7 @@ import asyncio
 import base64
 import functools
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ def test_from_url_file_default_and_directory(tmp_path: Path) -> None:
     default = from_url("file:")
     assert isinstance(default, FileRegistry)
     assert default.directory == DEFAULT_DIR
+    assert DEFAULT_DIR.name == f"quiesce-registry-{os.getuid()}", "one per user"
     custom = from_url(f"file://{tmp_path}?ttl=3&poll=0.5")
     assert isinstance(custom, FileRegistry)
     assert (custom.directory, custom.ttl, custom.poll_interval) == (tmp_path, 3.0, 0.5)

@@ -45,8 +45,10 @@ logger = logging.getLogger("quiesce.registry")
 #: stat per instance, cheap enough to keep deregistration -> notice well under 50 ms.
 DEFAULT_POLL = 0.025
 
-#: Where ``file:`` keeps instances: shared by every process of the machine.
-DEFAULT_DIR = Path(tempfile.gettempdir()) / "quiesce-registry"
+#: Where ``file:`` keeps instances: shared by every process of the same user on the
+#: machine. Per user, because another user's directory is not writable (and one everybody
+#: can write would let any local user announce instances that take others' traffic).
+DEFAULT_DIR = Path(tempfile.gettempdir()) / f"quiesce-registry-{os.getuid()}"
 _SUFFIX = ".json"
 _TMP_SUFFIX = ".tmp"
 
