@@ -96,6 +96,7 @@ def test_default_id_is_host_pid_random() -> None:
         ({"name": ""}, "name='': an app needs a name"),
         ({"name": 5}, "name=5: an app needs a name"),
         ({"stop_timeout": float("inf")}, "stop_timeout=inf: must be a positive"),
+        ({"server_stop_timeout": 0}, "server_stop_timeout=0: must be a positive"),
         ({"registry": object()}, "registry: object is neither a URL nor a quiesce.Registry"),
         ({"drain_delay": -1}, "drain_delay=-1: must be zero or more"),
         ({"drain_delay": 29, "stop_timeout": 30}, "drain_delay=29s does not fit stop_timeout=30s"),

@@ -612,6 +612,8 @@ class App:
         config.check_seconds({option: getattr(self, option) for option in timeouts})
         delays = ("drain_delay", "cleanup_reserve", "cancel_grace")
         config.check_seconds({option: getattr(self, option) for option in delays}, zero_ok=True)
+        if self.server_stop_timeout is not None:
+            config.check_seconds({"server_stop_timeout": self.server_stop_timeout})
         config.check_stop_budget(
             drain_delay=self.drain_delay,
             cleanup_reserve=self.cleanup_reserve,

@@ -11,16 +11,16 @@ import logging
 import math
 import signal
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from quiesce import ordering
 from quiesce.errors import ConfigError
+from quiesce.ordering import Named
 from quiesce.registry import Registry
 from quiesce.servers import Server
 
 __all__ = [
     "KUBERNETES_GRACE",
-    "Named",
     "check_identity",
     "check_listen",
     "check_names",
@@ -87,18 +87,6 @@ def check_signals(signals: Iterable[int]) -> None:
             raise ConfigError(f"signals: {sig!r} is not a signal") from None
 
 
-class Named(Protocol):
-    """A server or a resource: a name, and the names it depends on."""
-
-    @property
-    def name(self) -> str:
-        """Unique within the app."""
-
-    @property
-    def depends_on(self) -> Sequence[str]:
-        """The names that must be up before this one starts."""
-
-
 def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
     """Check names and ``depends_on``: unique, known, and without cycles.
 
@@ -113,9 +101,9 @@ def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
             if item.name in names:
                 raise ConfigError(f"{kind} name {item.name!r} is already a {names[item.name]}")
             names[item.name] = kind
-    graph = {r.name: list(r.depends_on) for r in resources}
+    graph = ordering.graph_of(resources)
     ordering.validate(graph)
-    ordering.validate({s.name: list(s.depends_on) for s in servers}, known=list(graph))
+    ordering.validate(ordering.graph_of(servers), known=list(graph))
 
 
 def check_servers(servers: Sequence[object]) -> None:

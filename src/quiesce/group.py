@@ -35,7 +35,7 @@ class ServerGroup:
 
     def graph(self) -> dict[str, list[str]]:
         """Each server's name with the names it depends on."""
-        return {s.name: list(s.depends_on) for s in self.servers}
+        return ordering.graph_of(self.servers)
 
     def endpoints(self) -> tuple[str, ...]:
         """The endpoints of the started servers, in start order."""

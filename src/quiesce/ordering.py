@@ -7,11 +7,29 @@ here is pure and raises before any port is bound.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from quiesce.errors import ConfigError, DependencyCycleError
 
-__all__ = ["reverse", "stable_order", "start_levels", "validate", "walk"]
+__all__ = ["Named", "graph_of", "reverse", "stable_order", "start_levels", "validate", "walk"]
+
+
+class Named(Protocol):
+    """A server or a resource: a name, and the names it depends on."""
+
+    @property
+    def name(self) -> str:
+        """Unique within the app."""
+
+    @property
+    def depends_on(self) -> Sequence[str]:
+        """The names that must be up before this one starts."""
+
+
+def graph_of(items: Iterable[Named]) -> dict[str, list[str]]:
+    """The graph of ``items``: each name with the names it depends on."""
+    return {item.name: list(item.depends_on) for item in items}
 
 
 def validate(graph: Mapping[str, Sequence[str]], *, known: Sequence[str] = ()) -> None:

@@ -80,7 +80,7 @@ class ResourceStack:
     def order(self) -> list[Resource[Any]]:
         """Dependencies first, then declaration order."""
         by_name = {r.name: r for r in self.resources}
-        order = ordering.stable_order({r.name: list(r.depends_on) for r in self.resources})
+        order = ordering.stable_order(ordering.graph_of(self.resources))
         return [by_name[n] for n in order]
 
     async def enter(self, rec: PhaseRecord) -> None:
