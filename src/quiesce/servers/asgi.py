@@ -101,6 +101,7 @@ class HTTPServer:
         self.stop_timeout = stop_timeout
         self.uvicorn_options = {"log_config": None, **uvicorn_options}
         self._gate = _Gate(asgi_app, health_path, ready_path)
+        self._uvicorn_config: uvicorn.Config | None = None
         self._server: uvicorn.Server | None = None
         self._connections = _ConnectionSet()
         self._ticker: asyncio.Task[None] | None = None
@@ -139,7 +140,12 @@ class HTTPServer:
         self._gate.owner = app
 
     def _config(self) -> uvicorn.Config:
-        return uvicorn.Config(self._gate, host=self.host, port=self.port, **self.uvicorn_options)
+        # Built once: check() builds it to catch typos, and building it configures logging.
+        if self._uvicorn_config is None:
+            self._uvicorn_config = uvicorn.Config(
+                self._gate, host=self.host, port=self.port, **self.uvicorn_options
+            )
+        return self._uvicorn_config
 
     async def start(self) -> None:
         """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
