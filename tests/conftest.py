@@ -165,12 +165,25 @@ def check_port_in_use_fails_start(
     assert "Traceback" not in svc.output
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held together so that they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port."""
+    (port,) = free_ports(1)
+    return port
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import free_ports
 from quiesce.registry import Discovery, Instance, Watch
 
 #: Bound on installing etcd-server with apt-get (a fresh CI machine downloads it).
@@ -83,20 +83,6 @@ def etcd_binary() -> str:
         if _binary is None:
             _binary = _etcd_binary()
         return _binary
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held together so that they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Service
+from conftest import Service, free_ports
 from quiesce.registry import Discovery, from_url
 from scenarios.registry_service import DRAIN_DELAY
 
-from .conftest import Cluster, Watcher, free_ports
+from .conftest import Cluster, Watcher
 
 MODULE = "tests.scenarios.registry_service"
 #: The short lease TTL of these tests (etcd's minimum is about 1.5 s).

@@ -28,13 +28,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.routing import Route
 
+from conftest import free_ports
 from quiesce import App, ExitCode, HTTPServer, Report
 from quiesce.client import PLACEHOLDER_HOST, AsyncClient, NoInstanceError, http_endpoint
 from quiesce.errors import ConfigError
 from quiesce.process import new_event_loop
 from quiesce.registry import Instance, from_url
 
-from .conftest import Cluster, free_ports, make_tls
+from .conftest import Cluster, make_tls
 
 T = TypeVar("T")
 

@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import free_ports
 from quiesce import App, ExitCode
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, RegistryError, from_url, kratos_endpoint
 from quiesce.registry.etcd import EtcdError, EtcdRegistry, _b64
 from quiesce.registry.file import DEFAULT_DIR, FileRegistry
 
-from .conftest import Cluster, free_ports, ids, make_tls, next_list
+from .conftest import Cluster, ids, make_tls, next_list
 
 
 def instance(ident: str, name: str = "orders") -> Instance:
