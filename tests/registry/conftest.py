@@ -85,6 +85,22 @@ def etcd_binary() -> str:
         return _binary
 
 
+def backend_url(
+    request: pytest.FixtureRequest, tmp_path: Path, *, poll: float = 0.01, **options: Any
+) -> str:
+    """A registry URL of the test's own on backend ``request.param`` (``file`` or ``etcd``).
+
+    ``options`` go to the URL's query on both backends; ``poll`` only to the
+    file registry's (etcd pushes, it does not poll).
+    """
+    if request.param == "file":
+        query = "&".join(f"{k}={v}" for k, v in {**options, "poll": poll}.items())
+        return f"file://{tmp_path}/registry?{query}"
+    etcd: Cluster = request.getfixturevalue("etcd")
+    prefix: str = request.getfixturevalue("prefix")
+    return etcd.url(prefix=prefix, **options)
+
+
 @dataclass(frozen=True)
 class TLS:
     """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""

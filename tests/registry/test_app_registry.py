@@ -19,7 +19,7 @@ from conftest import Service, free_ports
 from quiesce.registry import Discovery, from_url
 from scenarios.registry_service import DRAIN_DELAY
 
-from .conftest import Cluster, Watcher
+from .conftest import Cluster, Watcher, backend_url
 
 MODULE = "tests.scenarios.registry_service"
 #: The short lease TTL of these tests (etcd's minimum is about 1.5 s).
@@ -40,11 +40,7 @@ def discovery(url: str) -> Callable[[], Discovery]:
 @pytest.fixture(params=["file", "etcd"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A registry of the test's own with a short TTL, on each backend."""
-    if request.param == "file":
-        return f"file://{tmp_path}/registry?ttl={TTL}&poll=0.02"
-    etcd: Cluster = request.getfixturevalue("etcd")
-    prefix: str = request.getfixturevalue("prefix")
-    return etcd.url(prefix=prefix, ttl=TTL)
+    return backend_url(request, tmp_path, ttl=TTL, poll=0.02)
 
 
 def ready(svc: Service) -> list[str]:

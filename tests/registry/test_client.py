@@ -35,7 +35,7 @@ from quiesce.errors import ConfigError
 from quiesce.process import new_event_loop
 from quiesce.registry import Instance, from_url
 
-from .conftest import Cluster, make_tls
+from .conftest import backend_url, make_tls
 
 T = TypeVar("T")
 
@@ -66,11 +66,7 @@ def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
 @pytest.fixture(params=["file", "etcd"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A registry of the test's own, on each backend."""
-    if request.param == "file":
-        return f"file://{tmp_path}/registry?poll=0.01"
-    etcd: Cluster = request.getfixturevalue("etcd")
-    prefix: str = request.getfixturevalue("prefix")
-    return etcd.url(prefix=prefix)
+    return backend_url(request, tmp_path)
 
 
 @pytest.fixture

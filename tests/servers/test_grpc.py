@@ -219,13 +219,19 @@ async def test_grpc_server_with_its_own_health_service_raises_value_error() -> N
 # -- stop ------------------------------------------------------------------------
 
 
-async def test_grpc_stop_lets_an_in_flight_call_finish_and_refuses_new_ones() -> None:
+async def serving_a_call(seconds: str) -> tuple[GRPCServer, asyncio.Future[bytes]]:
+    """A started server with a ``Sleep(seconds)`` call that it has begun handling."""
     sleeper = Sleeper()
     server = GRPCServer(sleeper.server(), port=0)
     await server.start()
-    in_flight = asyncio.ensure_future(sleep_call(server, "0.5"))
+    in_flight = asyncio.ensure_future(sleep_call(server, seconds))
     async with asyncio.timeout(5):
         await sleeper.began.wait()
+    return server, in_flight
+
+
+async def test_grpc_stop_lets_an_in_flight_call_finish_and_refuses_new_ones() -> None:
+    server, in_flight = await serving_a_call("0.5")
     began = time.monotonic()
     assert await server.stop(5) == []
     assert 0.4 <= time.monotonic() - began < 2.0, "stop waits for the call, not for the grace"
@@ -236,12 +242,7 @@ async def test_grpc_stop_lets_an_in_flight_call_finish_and_refuses_new_ones() ->
 
 
 async def test_grpc_stop_cancels_calls_that_outlast_the_grace_and_says_so() -> None:
-    sleeper = Sleeper()
-    server = GRPCServer(sleeper.server(), port=0)
-    await server.start()
-    in_flight = asyncio.ensure_future(sleep_call(server, "10"))
-    async with asyncio.timeout(5):
-        await sleeper.began.wait()
+    server, in_flight = await serving_a_call("10")
     began = time.monotonic()
     cut = await server.stop(0.3)
     assert 0.25 <= time.monotonic() - began < 1.5
