@@ -7,6 +7,7 @@ import inspect
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -307,10 +308,34 @@ async def test_guard_held_in_a_thread_is_waited_for() -> None:
     assert tasks.duration >= 0.15
 
 
-async def test_periodic_job_rejects_non_positive_period() -> None:
+@pytest.mark.parametrize("period", [0, -1, float("nan"), float("inf"), 1e10, "5"])
+async def test_periodic_job_bad_period_is_a_bad_configuration(period: Any) -> None:
     app = App(name="svc")
-    with pytest.raises(Exception, match="period must be positive"):
-        app.every(0, lambda: None)
+    app.every(period, lambda: None)
+    report = await app.serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error is not None
+    assert report.error.startswith(f"every({period!r}, ")
+    assert report.start == []
+
+
+async def test_periodic_job_bad_period_once_running_raises_at_once() -> None:
+    app = App(name="svc")
+    raised: list[BaseException] = []
+
+    @app.after_start
+    def add_job() -> None:
+        try:
+            app.every(float("nan"), print)
+        except ConfigError as exc:
+            raised.append(exc)
+        app.stop()
+
+    report = await app.serve()
+    assert report.exit_code == ExitCode.OK
+    assert [str(e) for e in raised] == [
+        "every(nan, print): period=nan: must be a positive number of seconds"
+    ]
 
 
 async def test_serve_twice_is_refused() -> None:

@@ -72,7 +72,7 @@ async def test_group_starts_dependencies_first_and_stops_them_last() -> None:
     log: list[str] = []
     group = ServerGroup([Part("a", log, depends_on=["b"]), Part("b", log, depends_on=["c"])])
     group.servers.append(Part("c", log))
-    await group.start(record())
+    await group.start(record(), 5)
     assert log == ["start c", "start b", "start a"]
     assert group.endpoints() == ("tcp://c", "tcp://b", "tcp://a")
     log.clear()
@@ -87,7 +87,7 @@ async def test_group_failed_start_names_the_server_and_leaves_it_out_of_started(
     log: list[str] = []
     group = ServerGroup([Part("ok", log), Part("bad", log, fail_start=True)])
     with pytest.raises(StartError, match=r"server 'bad'.*address already in use"):
-        await group.start(record())
+        await group.start(record(), 5)
     assert [s.name for s in group.started] == ["ok"]
 
 
@@ -95,7 +95,7 @@ async def test_group_stop_cut_at_its_own_timeout_is_named_and_others_still_stop(
     log: list[str] = []
     slow = Part("slow", log, stop_for=10, stop_timeout=0.2)
     group = ServerGroup([slow, Part("quick", log)])
-    await group.start(record())
+    await group.start(record(), 5)
     rec = record()
     began = time.monotonic()
     await group.stop(rec, Deadline(5), reserve=0, default_timeout=None)
@@ -110,7 +110,7 @@ async def test_group_stop_cut_at_its_own_timeout_is_named_and_others_still_stop(
 async def test_group_default_timeout_applies_to_servers_without_their_own() -> None:
     log: list[str] = []
     group = ServerGroup([Part("slow", log, stop_for=10)])
-    await group.start(record())
+    await group.start(record(), 5)
     rec = record()
     await group.stop(rec, Deadline(5), reserve=0, default_timeout=0.1)
     assert rec.cut == ["server slow (stop did not return within 0.1s)"]
@@ -119,7 +119,7 @@ async def test_group_default_timeout_applies_to_servers_without_their_own() -> N
 async def test_group_stop_never_outlasts_the_deadline_less_the_reserve() -> None:
     log: list[str] = []
     group = ServerGroup([Part("slow", log, stop_for=10, stop_timeout=30)])
-    await group.start(record())
+    await group.start(record(), 5)
     began = time.monotonic()
     await group.stop(record(), Deadline(1.0), reserve=0.6, default_timeout=None)
     # The server's own 30 s is capped by what is left (1.0 - 0.6), plus a margin that
@@ -131,7 +131,7 @@ async def test_group_stop_never_outlasts_the_deadline_less_the_reserve() -> None
 async def test_group_stop_at_once_names_every_server_as_cut() -> None:
     log: list[str] = []
     group = ServerGroup([Part("a", log), Part("b", log)])
-    await group.start(record())
+    await group.start(record(), 5)
     rec = record()
     await group.stop_at_once(rec)
     assert sorted(rec.cut) == ["server a [stopped at once]", "server b [stopped at once]"]
@@ -142,7 +142,7 @@ async def test_group_watch_reports_a_server_that_stops_serving_on_its_own() -> N
     log: list[str] = []
     a, b = Part("a", log), Part("b", log)
     group = ServerGroup([a, b])
-    await group.start(record())
+    await group.start(record(), 5)
     exited: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     group.watch(lambda name, cause: exited.put_nowait((name, cause)))
     a.closed.set()

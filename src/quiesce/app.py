@@ -23,22 +23,22 @@ import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from quiesce import config
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
-from quiesce.phases import Deadline, Outcome, PhaseRecord, State
+from quiesce.phases import STEP_BACKSTOP, Deadline, Outcome, PhaseRecord, State
 from quiesce.phases import Sequence as Steps
-from quiesce.process import arm_watchdog, run_and_exit
+from quiesce.process import run_and_exit
 from quiesce.registry import Instance, Registry, from_url, redact
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource, ResourceStack
 from quiesce.servers import Server
 from quiesce.signals import SignalScope
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
+from quiesce.watchdog import Watchdog, last_report
 
 __all__ = ["App", "AppInfo", "LifecycleEvent"]
 
@@ -50,7 +50,8 @@ H = TypeVar("H", bound=Hook)
 FORCE_GRACE = 0.3
 #: After a second signal, how long a blocked loop has before the watchdog exits the process.
 FORCE_WATCHDOG = 1.0
-#: How long the watchdog waits past ``stop_timeout`` for a blocked loop before it exits the process.
+#: How long the watchdog waits past ``start_timeout`` or ``stop_timeout`` for a stuck loop
+#: before it exits the process.
 WATCHDOG_MARGIN = 2.0
 
 
@@ -127,9 +128,11 @@ class App:
         self.version = version
         self.id = id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metadata = dict(metadata or {})
-        self.servers: list[Server] = list(servers)
+        # A value that is not a collection is kept as given: the validation names it (exit 2)
+        # instead of a TypeError here.
+        self.servers: list[Server] = _listed(servers)
         self.registry = registry
-        self.signals = tuple(signals)
+        self.signals: Sequence[int] = _listed(signals)
         self.drain_delay = drain_delay
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
@@ -159,6 +162,7 @@ class App:
         }
         self._resources = ResourceStack()
         self._tracker = TaskTracker()
+        self._jobs: list[PeriodicJob] = []
         self._registry: Registry | None = None
         self._instance: Instance | None = None
         self._group = ServerGroup()
@@ -169,6 +173,8 @@ class App:
         self._early_stop: str | None = None
         self._crashed = False
         self._owns_process = False
+        self._steps: Steps | None = None  # the sequence running now, for the watchdog
+        self._watchdog: Watchdog | None = None
 
     @property
     def cleanup_reserve(self) -> float:
@@ -258,12 +264,16 @@ class App:
         and no new one starts.
 
         Raises:
-            ConfigError: ``seconds`` is not positive.
+            ConfigError: ``seconds`` is not a positive number of seconds (at most a
+                day). Declared before the run, the run fails with it (exit code 2);
+                once the app runs, this call raises it.
 
         """
-        if seconds <= 0:
-            raise ConfigError(f"every({seconds!r}, ...): the period must be positive")
-        return self._tracker.every(seconds, fn, name, depth=2)
+        if self.state is not State.CREATED:
+            config.check_period(seconds, fn)
+        job = self._tracker.every(seconds, fn, name, depth=2)
+        self._jobs.append(job)
+        return job
 
     # -- identity --------------------------------------------------------------
 
@@ -305,6 +315,8 @@ class App:
         self._stop_requested = asyncio.Event()
         self._force_requested = asyncio.Event()
         self._tracker.bind(loop)
+        if self._owns_process:
+            self._watchdog = Watchdog(self._last_report, self.report_file)
         if self._early_stop is not None:
             self._request_stop(self._early_stop)
         try:
@@ -322,6 +334,7 @@ class App:
             on_stop=lambda sig: self._request_stop(f"signal {sig}"),
             on_force=self._request_force,
             on_force_signal=self._arm_force_watchdog,
+            until_exit=self._owns_process,
         )
         with scope:
             await self._lifecycle()
@@ -330,8 +343,10 @@ class App:
 
     async def _finish(self) -> Report:
         if self.report_file is not None:
-            path = Path(self.report_file)
-            await asyncio.to_thread(path.write_text, self.report.to_json(), encoding="utf-8")
+            try:
+                await asyncio.to_thread(self.report.write, self.report_file)
+            except OSError as exc:  # the stop itself went as the report says: keep its code
+                logger.error("cannot write the report to %s: %s", self.report_file, exc)
         self.stopped.set()
         return self.report
 
@@ -351,9 +366,19 @@ class App:
     async def _lifecycle(self) -> None:
         report = self.report
         self._set_state(State.STARTING)
-        start = Steps("start")
+        start = self._steps = Steps("start")
         report.start = start.records
-        failure = await self._until_stop_requested(self._start(start))
+        # A start blocked in a synchronous call cannot see its own timeout, nor a signal.
+        watchdog = self._arm_watchdog(
+            self.start_timeout,
+            ExitCode.FAILED,
+            f"the start overran start_timeout={self.start_timeout:g}s",
+        )
+        try:
+            failure = await self._until_stop_requested(self._start(start))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         if failure is not None:
             report.error = failure
             report.reason = report.reason or "start failed"
@@ -366,7 +391,7 @@ class App:
             )
             await self._wait(self._stop_requested)
 
-        stop = Steps("stop")
+        stop = self._steps = Steps("stop")
         report.stop = stop.records
         report.stop_began = stop.began
         await self._stop_or_force(stop)
@@ -381,7 +406,7 @@ class App:
 
         # Resources, one at a time in dependency-then-declaration order.
         async with seq.step("resources", deadline.remaining()) as rec:
-            await self._resources.enter(rec)
+            await self._resources.enter(rec, deadline.remaining())
         _raise_if_failed(rec)
 
         # before_start hooks; a failing one fails the start.
@@ -397,7 +422,7 @@ class App:
 
         # Servers: each as soon as what it depends on is ready; ready means bound.
         async with seq.step("servers", deadline.remaining()) as rec:
-            await self._group.start(rec)
+            await self._group.start(rec, deadline.remaining())
         _raise_if_failed(rec)
 
         # Register the instance with the real endpoints.
@@ -444,6 +469,8 @@ class App:
                 assert self._instance is not None
                 rec.waited_for.append(f"registry {self._registry_label()}")
                 await self._registry.deregister(self._instance)
+            if rec.outcome is Outcome.OK:
+                self._ran.add("deregistered")
         else:
             seq.skip("deregister", "not registered")
 
@@ -470,9 +497,9 @@ class App:
         # after_stop hooks, paired with before_start; half the reserve stays for resources.
         await self._hooks_step(seq, "after_stop", "before_start", deadline.remaining(reserve / 2))
 
-        # Resources, last in first out.
-        async with seq.step("resources", deadline.remaining()) as rec:
-            await self._resources.close(rec)
+        # Resources, last in first out; the step's backstop still ends by the deadline.
+        async with seq.step("resources", deadline.remaining(STEP_BACKSTOP)) as rec:
+            await self._resources.close(rec, deadline.remaining(STEP_BACKSTOP))
 
     async def _register(self, rec: PhaseRecord, timeout: float) -> None:
         assert self._registry is not None
@@ -510,7 +537,11 @@ class App:
 
     async def _stop_or_force(self, seq: Steps) -> None:
         assert self._force_requested is not None
-        watchdog = self._arm_watchdog()
+        watchdog = self._arm_watchdog(
+            self.stop_timeout,
+            ExitCode.INCOMPLETE,
+            f"the stop overran stop_timeout={self.stop_timeout:g}s",
+        )
         try:
             stop_task = asyncio.create_task(self._stop(seq), name="quiesce stop")
             forced = asyncio.create_task(self._force_requested.wait(), name="quiesce force")
@@ -531,24 +562,31 @@ class App:
             rec.mark(Outcome.FORCED)
             rec.cut.extend(self._tracker.abandon())
             await self._group.stop_at_once(rec)
-            await self._resources.close(rec, at_once=True)
+            await self._resources.close(rec, FORCE_GRACE / 3, at_once=True)
 
     def _arm_force_watchdog(self) -> threading.Timer | None:
         # A force must end the process even when the loop is blocked and cannot act on it.
-        if not self._owns_process:
+        if self._watchdog is None:
             return None
-        return arm_watchdog(
-            FORCE_WATCHDOG, ExitCode.INCOMPLETE, "the loop did not honour the forced stop"
-        )
+        code = ExitCode.FAILED if self.state is State.STARTING else ExitCode.INCOMPLETE
+        return self._watchdog.arm(FORCE_WATCHDOG, code, "the loop did not honour the forced stop")
 
-    def _arm_watchdog(self) -> threading.Timer | None:
-        # Only a process owner may exit the process; a blocked loop cannot honour any deadline.
-        if not self._owns_process:
+    def _arm_watchdog(self, budget: float, code: int, why: str) -> threading.Timer | None:
+        # Only a process owner may exit the process; a stuck loop cannot honour any deadline.
+        if self._watchdog is None:
             return None
-        return arm_watchdog(
-            self.stop_timeout + WATCHDOG_MARGIN,
-            ExitCode.INCOMPLETE,
-            f"the stop overran stop_timeout={self.stop_timeout:g}s (the loop is blocked)",
+        return self._watchdog.arm(budget + WATCHDOG_MARGIN, code, why)
+
+    def _last_report(self, cause: str, code: int) -> Report:
+        """The report as the watchdog leaves it (runs in the watchdog's thread)."""
+        left_behind = []
+        if "registered" in self._ran and "deregistered" not in self._ran:
+            left_behind.append(
+                f"instance {self.id} still in registry {self._registry_label()} "
+                "(deregister could not run; it leaves when its lease or heartbeat expires)"
+            )
+        return last_report(
+            self.report, self._steps, cause=cause, code=code, left_behind=left_behind
         )
 
     # -- control ---------------------------------------------------------------
@@ -607,6 +645,8 @@ class App:
     # -- configuration ---------------------------------------------------------
 
     def _validate(self) -> None:
+        config.check_servers(self.servers)
+        config.check_signals(self.signals)
         config.check_identity(self.name, self.version)
         timeouts = ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout")
         config.check_seconds({option: getattr(self, option) for option in timeouts})
@@ -619,8 +659,9 @@ class App:
             cleanup_reserve=self.cleanup_reserve,
             stop_timeout=self.stop_timeout,
         )
-        config.check_signals(self.signals)
-        config.check_servers(self.servers)
+        for job in self._jobs:
+            config.check_period(job.seconds, job.fn)
+        config.check_report_file(self.report_file)
         config.check_names(self.servers, self._resources.resources)
         config.check_registry(self.registry)
         self._group = ServerGroup(self.servers)
@@ -660,6 +701,14 @@ def _raise_if_failed(rec: PhaseRecord) -> None:
     else:
         line = f"{rec.name} timed out: {', '.join(rec.cut)}"
     raise _StartFailed(line)
+
+
+def _listed(items: Iterable[T]) -> list[T]:
+    """``items`` as a list, or as given when it is not a collection (validation names it)."""
+    given: object = items
+    if isinstance(given, Iterable) and not isinstance(given, str | bytes):
+        return list(items)
+    return cast(list[T], given)
 
 
 def _since(seq: Steps) -> float:

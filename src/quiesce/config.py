@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +25,9 @@ __all__ = [
     "check_identity",
     "check_listen",
     "check_names",
+    "check_period",
     "check_registry",
+    "check_report_file",
     "check_seconds",
     "check_servers",
     "check_signals",
@@ -35,10 +38,17 @@ logger = logging.getLogger("quiesce.lifecycle")
 
 #: Kubernetes' default terminationGracePeriodSeconds: a larger stop budget gets a warning.
 KUBERNETES_GRACE = 30.0
+#: The longest any duration may be (a day): far beyond any sane stop, and well inside what
+#: a timer thread can hold (``threading.TIMEOUT_MAX``; ``1e10`` used to kill the watchdog).
+MAX_SECONDS = 86400.0
+#: Signals a process cannot catch: as stop signals they could never stop anything.
+UNCATCHABLE = frozenset(s for s in (getattr(signal, n, None) for n in ("SIGKILL", "SIGSTOP")) if s)
 
 
 def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
     """Check that each option is a positive number of seconds (or zero, with ``zero_ok``).
+
+    At most :data:`MAX_SECONDS`.
 
     Raises:
         ConfigError: the first bad option, named with its value.
@@ -50,6 +60,22 @@ def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
         if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             must = "zero or more seconds" if zero_ok else "a positive number of seconds"
             raise ConfigError(f"{option}={value!r}: must be {must}")
+        if value > MAX_SECONDS:
+            raise ConfigError(f"{option}={value!r}: must be at most {MAX_SECONDS:g} seconds")
+
+
+def check_period(seconds: object, fn: object) -> None:
+    """Check the period of ``app.every(seconds, fn)``.
+
+    Raises:
+        ConfigError: ``every(<seconds>, <fn>): ...``.
+
+    """
+    try:
+        check_seconds({"period": seconds})
+    except ConfigError as exc:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise ConfigError(f"every({seconds!r}, {name}): {exc}") from None
 
 
 def check_stop_budget(*, drain_delay: float, cleanup_reserve: float, stop_timeout: float) -> None:
@@ -73,18 +99,23 @@ def check_stop_budget(*, drain_delay: float, cleanup_reserve: float, stop_timeou
         )
 
 
-def check_signals(signals: Iterable[int]) -> None:
-    """Check that every stop signal is a signal.
+def check_signals(signals: object) -> None:
+    """Check that ``signals`` is a collection of signals a process can catch.
 
     Raises:
-        ConfigError: naming the first value that is not.
+        ConfigError: naming the first value that is not one (SIGKILL and SIGSTOP
+            cannot be caught).
 
     """
+    if isinstance(signals, str | bytes) or not isinstance(signals, Iterable):
+        raise ConfigError(f"signals={signals!r}: must be a list of signals, like [SIGTERM]")
+    valid = signal.valid_signals()
     for sig in signals:
-        try:
-            signal.Signals(sig)
-        except ValueError:
-            raise ConfigError(f"signals: {sig!r} is not a signal") from None
+        if isinstance(sig, bool) or not isinstance(sig, int) or sig not in valid:
+            raise ConfigError(f"signals: {sig!r} is not a signal")
+        if sig in UNCATCHABLE:
+            name = signal.Signals(sig).name
+            raise ConfigError(f"signals: {name} cannot be caught, so it cannot stop the app")
 
 
 def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
@@ -106,16 +137,18 @@ def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
     ordering.validate(ordering.graph_of(servers), known=list(graph))
 
 
-def check_servers(servers: Sequence[object]) -> None:
+def check_servers(servers: object) -> None:
     """Check that each server implements :class:`~quiesce.Server`, then its own options.
 
     A server's optional ``check()`` is called here, so that its bad options
     fail the run like the app's (exit code 2) instead of at bind time.
 
     Raises:
-        ConfigError: naming the first server that is not one, or its bad option.
+        ConfigError: not a list, or naming the first server that is not one, or its bad option.
 
     """
+    if not isinstance(servers, Sequence) or isinstance(servers, str | bytes):
+        raise ConfigError(f"servers={servers!r}: must be a list of quiesce.Server objects")
     required = ("name", "depends_on", "start", "drain", "stop", "endpoints")
     for i, server in enumerate(servers):
         if not isinstance(server, Server):
@@ -126,6 +159,34 @@ def check_servers(servers: Sequence[object]) -> None:
         check = getattr(server, "check", None)
         if check is not None:
             check()
+
+
+def check_report_file(path: object) -> None:
+    """Check that the report can be written to ``path``: its folder exists and is writable.
+
+    Raises:
+        ConfigError: ``report_file=<path>: <why>``.
+
+    """
+    if path is None:
+        return
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"report_file={path!r}: must be a path")
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    why = None
+    if os.path.islink(target):  # written with O_NOFOLLOW: a planted link must not redirect it
+        why = "is a symbolic link"
+    elif os.path.isdir(target):
+        why = "is a directory"
+    elif not os.path.isdir(folder):
+        why = f"the directory {folder} does not exist"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        why = f"the directory {folder} is not writable"
+    elif os.path.exists(target) and not os.access(target, os.W_OK):
+        why = "is not writable"
+    if why is not None:
+        raise ConfigError(f"report_file={target!r}: {why}")
 
 
 def check_listen(name: str, host: object, port: object, stop_timeout: object) -> None:

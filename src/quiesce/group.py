@@ -41,14 +41,17 @@ class ServerGroup:
         """The endpoints of the started servers, in start order."""
         return tuple(ep for s in self.started for ep in s.endpoints())
 
-    async def start(self, rec: PhaseRecord) -> None:
-        """Start every server once its dependencies are ready.
+    async def start(self, rec: PhaseRecord, budget: float) -> None:
+        """Start every server once its dependencies are ready, all within ``budget`` seconds.
+
+        At the budget, each server not yet ready is named as cut on ``rec``.
 
         Raises:
             StartError: a server failed to start; it names the server.
 
         """
         by_name = {s.name: s for s in self.servers}
+        ready: set[str] = set()
 
         async def start_server(name: str) -> None:
             server = by_name[name]
@@ -61,8 +64,16 @@ class ServerGroup:
                 if isinstance(exc, StartError):  # the adapter already named itself
                     raise
                 raise StartError(f"server {name!r}", exc) from exc
+            ready.add(name)
 
-        await ordering.walk(self.graph(), start_server)
+        try:
+            async with asyncio.timeout(budget):
+                await ordering.walk(self.graph(), start_server)
+        except TimeoutError:
+            for server in self.servers:
+                if server.name not in ready:
+                    state = "starting" if server in self.started else "waiting for its dependencies"
+                    rec.timed_out(f"server {server.name} (not ready within {budget:.3g}s, {state})")
 
     async def drain(self, rec: PhaseRecord) -> None:
         """Tell every started server to go not-ready while it keeps serving."""
@@ -84,9 +95,11 @@ class ServerGroup:
             server = started[name]
             own = getattr(server, "stop_timeout", None)
             own = default_timeout if own is None else own
-            budget = deadline.remaining(reserve)
+            # The server's own cut (and its margin) must end inside the budget, so that
+            # the server names what it cut before any outer bound fires.
+            budget = max(0.0, deadline.remaining(reserve) - SERVER_STOP_MARGIN)
             timeout = budget if own is None else min(own, budget)
-            hard = min(timeout + SERVER_STOP_MARGIN, deadline.remaining(reserve / 2))
+            hard = timeout + SERVER_STOP_MARGIN
             in_flight = getattr(server, "in_flight", None)
             load = f" ({in_flight} in flight)" if isinstance(in_flight, int) else ""
             rec.waited_for.append(f"server {name}{load}")

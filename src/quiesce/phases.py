@@ -19,9 +19,15 @@ from typing import Any
 
 from quiesce.errors import QuiesceError, describe
 
-__all__ = ["Deadline", "Outcome", "PhaseRecord", "Sequence", "State"]
+__all__ = ["STEP_BACKSTOP", "Deadline", "Outcome", "PhaseRecord", "Sequence", "State"]
 
 logger = logging.getLogger("quiesce.lifecycle")
+
+#: How much longer a step's own timeout runs than the budget it is given. The step's
+#: timeout is only a backstop: the bounds inside it (a server's stop timeout, a hook's,
+#: the task phase's) get the budget and fire first, so a cut names the server, hook,
+#: connection or task instead of the step.
+STEP_BACKSTOP = 0.25
 
 
 class State(enum.Enum):
@@ -141,24 +147,29 @@ class Sequence:
         self.kind = kind
         self.began = time.monotonic()
         self.records: list[PhaseRecord] = []
+        #: The step running now, if any: what a last-resort report says it was waiting for.
+        self.active: PhaseRecord | None = None
 
     @asynccontextmanager
-    async def step(self, name: str, timeout: float | None) -> AsyncIterator[PhaseRecord]:
-        """Run the body as step ``name``, bounded by ``timeout`` seconds (None: unbounded).
+    async def step(self, name: str, budget: float | None) -> AsyncIterator[PhaseRecord]:
+        """Run the body as step ``name``, whose inner bounds get ``budget`` seconds.
 
-        A timeout marks the step ``timeout``; any other exception is kept as an
-        error of the step and does not propagate, so the next step runs.
-        Cancellation (the forced end) marks it ``forced`` and propagates.
+        The step itself times out :data:`STEP_BACKSTOP` later (None: unbounded),
+        as a backstop for a body that does not bound itself. A timeout marks the
+        step ``timeout``; any other exception is kept as an error of the step and
+        does not propagate, so the next step runs. Cancellation (the forced end)
+        marks it ``forced`` and propagates.
         """
         began = time.monotonic()
         record = PhaseRecord(name, offset=began - self.began)
+        self.active = record
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(None if budget is None else budget + STEP_BACKSTOP):
                 yield record
         except TimeoutError:
             record.mark(Outcome.TIMEOUT)
             if not record.cut:
-                record.cut.append(f"{name} (timeout {timeout:.3g}s)")
+                record.cut.append(f"{name} (timeout {budget:.3g}s)")
         except asyncio.CancelledError:
             record.mark(Outcome.FORCED)
             record.cut.append(f"{name} [interrupted]")
@@ -167,6 +178,7 @@ class Sequence:
             record.error(name, exc, log=not isinstance(exc, QuiesceError))
         finally:
             record.duration = time.monotonic() - began
+            self.active = None
             self.records.append(record)
             self.log(record)
 

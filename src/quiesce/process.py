@@ -1,13 +1,12 @@
 """Owning the process, for :meth:`quiesce.App.run`: the loop, logging, leftovers, the exit.
 
 Library code never exits the process; only :func:`run_and_exit` (behind
-``App.run()``) and the last-resort :func:`hard_exit` watchdog do.
+``App.run()``) and the last-resort watchdog (:mod:`quiesce.watchdog`) do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import gc
 import logging
 import os
@@ -16,7 +15,11 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
-__all__ = ["arm_watchdog", "hard_exit", "new_event_loop", "run_and_exit"]
+__all__ = ["LEAVE_MARGIN", "new_event_loop", "run_and_exit"]
+
+#: Past ``cancel_grace``, how long the leftover tasks may hold the exit (a task that blocks
+#: the loop when cancelled) before the process leaves with the code it already has.
+LEAVE_MARGIN = 1.0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -38,9 +41,14 @@ def run_and_exit(main: Callable[[], Coroutine[Any, Any, int]], cancel_grace: flo
     configure_logging()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    code = 1  # main() raised: the traceback says why
     try:
         code = loop.run_until_complete(main())
     finally:
+        # The report is final and its code is the exit code: nothing may hold the exit.
+        leave = threading.Timer(cancel_grace + LEAVE_MARGIN, os._exit, (code,))
+        leave.daemon = True
+        leave.start()
         leftovers = _cancel_leftovers(loop, cancel_grace)
     if leftovers:
         # Closing the loop would only print "Task was destroyed but it is pending".
@@ -50,31 +58,12 @@ def run_and_exit(main: Callable[[], Coroutine[Any, Any, int]], cancel_grace: flo
         os._exit(code)
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
+    leave.cancel()
     asyncio.set_event_loop(None)
     # The interpreter's full collections at shutdown cost 25-80 ms, most of an idle
     # stop; frozen objects are skipped. atexit handlers, logging and stdio still flush.
     gc.freeze()
     sys.exit(code)
-
-
-def hard_exit(code: int, why: str) -> Callable[[], None]:
-    """A last resort for a blocked loop: dump every thread's stack and leave with ``code``."""
-
-    def leave() -> None:
-        sys.stderr.write(f"quiesce: {why}; exiting {code}\n")
-        faulthandler.dump_traceback(all_threads=True)
-        sys.stderr.flush()
-        os._exit(code)
-
-    return leave
-
-
-def arm_watchdog(seconds: float, code: int, why: str) -> threading.Timer:
-    """Call :func:`hard_exit` after ``seconds`` unless the returned timer is cancelled first."""
-    timer = threading.Timer(seconds, hard_exit(code, why))
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 def configure_logging() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,18 @@ class Report:
     def to_json(self) -> str:
         """The report as one JSON document."""
         return json.dumps(self.as_dict(), indent=2)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_json` to ``path``, owner-only when created; a symlink is refused.
+
+        Raises:
+            OSError: the file cannot be written (ELOOP for a symlink).
+
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(self.to_json())
 
     def to_text(self) -> str:
         """The report for humans: a line per step, then what each waited for and cut."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any, Generic, TypeVar, cast
 from quiesce import ordering
 from quiesce.errors import StartError
 from quiesce.hooks import callable_name
-from quiesce.phases import PhaseRecord
+from quiesce.phases import Deadline, PhaseRecord
 
 __all__ = ["Resource", "ResourceStack"]
 
@@ -83,25 +84,35 @@ class ResourceStack:
         order = ordering.stable_order(ordering.graph_of(self.resources))
         return [by_name[n] for n in order]
 
-    async def enter(self, rec: PhaseRecord) -> None:
-        """Enter every resource in :meth:`order`.
+    async def enter(self, rec: PhaseRecord, budget: float) -> None:
+        """Enter every resource in :meth:`order`, all within ``budget`` seconds.
 
         Raises:
-            StartError: a resource failed to open; it names the resource.
+            StartError: a resource failed to open, or did not open within the
+                budget; it names the resource.
 
         """
+        deadline = Deadline(budget)
         for res in self.order():
             rec.waited_for.append(f"resource {res.name}")
+            left = deadline.remaining()
             try:
-                await res.enter()
+                async with asyncio.timeout(left):
+                    await res.enter()
+            except TimeoutError as exc:
+                raise StartError(f"resource {res.name!r}", f"not open within {left:.3g}s") from exc
             except Exception as exc:
                 raise StartError(f"resource {res.name!r}", exc) from exc
 
-    async def close(self, rec: PhaseRecord, *, at_once: bool = False) -> None:
-        """Close the open resources, last in first out; each error is kept in ``rec``.
+    async def close(self, rec: PhaseRecord, budget: float, *, at_once: bool = False) -> None:
+        """Close the open resources, last in first out, all within ``budget`` seconds.
 
-        ``at_once`` (a forced end) names each as cut instead of waited for.
+        Each error, and each resource whose close the budget cut, is kept in
+        ``rec``; the resources after it still close (with no time left, each
+        still gets its close called). ``at_once`` (a forced end) names each as
+        cut instead of waited for.
         """
+        deadline = Deadline(budget)
         for res in reversed(self.order()):
             if not res.is_open:
                 continue
@@ -109,8 +120,14 @@ class ResourceStack:
                 rec.cut.append(f"resource {res.name} [closed at once]")
             else:
                 rec.waited_for.append(f"resource {res.name}")
+            left = deadline.remaining()
             try:
-                await res.close()
+                # A close that cannot finish in time is still begun: asyncio.timeout(0)
+                # lets it run up to its first real wait, where most closes are done.
+                async with asyncio.timeout(left):
+                    await res.close()
+            except TimeoutError:
+                rec.timed_out(f"resource {res.name} (close cut at {left:.3g}s)")
             except Exception as exc:
                 rec.error(f"resource {res.name}", exc)
 

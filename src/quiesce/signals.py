@@ -5,6 +5,13 @@ Handlers are installed with :func:`signal.signal` rather than
 callback blocks the loop; they only hand the event to the loop, thread-safe.
 The previous handlers are restored on exit (trio's ``_signal_handler``), and
 nothing is ever re-raised into the host (uvicorn's ``capture_signals`` does).
+A process owner (``App.run()``) keeps them until the process exits instead:
+a signal between the report and the exit must not turn the exit code the
+report gave into a kill or a ``KeyboardInterrupt``.
+
+Two more signals would kill the process with no stop at all: SIGHUP (a shell
+hanging up on a service started from it) is ignored with a log line, and
+SIGQUIT dumps the tasks like SIGUSR1, unless either is a stop signal.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ __all__ = ["SignalScope", "dump_tasks"]
 logger = logging.getLogger("quiesce.lifecycle")
 
 DUMP_SIGNAL = getattr(signal, "SIGUSR1", None)
+#: Dump the tasks too: Go's SIGQUIT habit, without dying.
+QUIT_SIGNAL = getattr(signal, "SIGQUIT", None)
+#: Ignored with a log line: the terminal's hang-up must not lose the work of a detached service.
+HANGUP_SIGNAL = getattr(signal, "SIGHUP", None)
 #: A stop signal repeated within this many seconds of the first is the same request, not a
 #: force: wrappers such as ``timeout`` or ``uv run`` forward a Ctrl+C that the process group
 #: already delivered, so one keypress arrives twice within microseconds.
@@ -51,12 +62,14 @@ class SignalScope:
         on_stop: Callable[[str], None],
         on_force: Callable[[str], None],
         on_force_signal: Callable[[], object] | None = None,
+        until_exit: bool = False,
     ) -> None:
         self._loop = loop
         self._signals = list(dict.fromkeys(signals))
         self._on_stop = on_stop
         self._on_force = on_force
         self._on_force_signal = on_force_signal
+        self._until_exit = until_exit
         self._seen = 0
         self._first_at = 0.0
         self._previous: dict[int, Any] = {}
@@ -68,13 +81,26 @@ class SignalScope:
         for sig in self._signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         # An app that owns no stop signal (signals=()) leaves every signal to its host.
-        if self._signals and DUMP_SIGNAL is not None and DUMP_SIGNAL not in self._previous:
-            self._previous[DUMP_SIGNAL] = signal.signal(DUMP_SIGNAL, self._handle_dump)
+        if self._signals:
+            extras = (
+                (DUMP_SIGNAL, self._handle_dump),
+                (QUIT_SIGNAL, self._handle_dump),
+                (HANGUP_SIGNAL, self._handle_hangup),
+            )
+            for extra, handler in extras:
+                if extra is not None and extra not in self._previous:
+                    self._previous[extra] = signal.signal(extra, handler)
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._until_exit:
+            # The run is over and the process leaves soon (bounded): a late stop signal
+            # has nothing left to stop, and the exit code stays the report's.
+            for sig in self._signals:
+                signal.signal(sig, _ignore_late)
+            return
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
@@ -98,6 +124,16 @@ class SignalScope:
     def _handle_dump(self, signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to dump
             self._loop.call_soon_threadsafe(dump_tasks, self._loop)
+
+    def _handle_hangup(self, signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to say it to
+            self._loop.call_soon_threadsafe(
+                logger.warning, "SIGHUP ignored: the service keeps running (stop it with SIGTERM)"
+            )
+
+
+def _ignore_late(signum: int, frame: FrameType | None) -> None:
+    """A stop signal after the run: the process is already leaving with the report's code."""
 
 
 def dump_tasks(loop: asyncio.AbstractEventLoop) -> str:

@@ -17,6 +17,10 @@ __all__ = ["Server"]
 class Server(Protocol):
     """A server the :class:`~quiesce.App` starts, drains and stops.
 
+    ``name`` and ``depends_on`` are plain attributes, so a server may
+    subclass this protocol and set them in its ``__init__``; ``depends_on``
+    defaults to none.
+
     Optional members, used when present:
 
     - ``stop_timeout: float | None``: this server's own stop timeout; None
@@ -31,15 +35,10 @@ class Server(Protocol):
       for each server the stop waited for.
     """
 
-    @property
-    def name(self) -> str:
-        """Unique within the app; used by ``depends_on``, logs and the report."""
-        ...
-
-    @property
-    def depends_on(self) -> Sequence[str]:
-        """Names of servers (or resources) that must be ready before this one starts."""
-        ...
+    #: Unique within the app; used by ``depends_on``, logs and the report.
+    name: str
+    #: Names of servers (or resources) that must be ready before this one starts.
+    depends_on: Sequence[str] = ()
 
     async def start(self) -> None:
         """Bind and begin accepting; return only once it accepts. Raise on failure."""
