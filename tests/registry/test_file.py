@@ -32,7 +32,7 @@ async def test_register_collects_files_of_crashed_instances(tmp_path: Path) -> N
     reg = FileRegistry(tmp_path, ttl=2)
     folder = tmp_path / "orders"
     folder.mkdir()
-    crashed, leftover = folder / "crashed.json", folder / ".x.json.1.tmp"
+    crashed, leftover = folder / "crashed.json", folder / ".crashed.json.4242.0badc0de.tmp"
     for path in (crashed, leftover):
         path.write_text(Instance(id="crashed", name="orders").to_json())
         old = time.time() - 60

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -46,6 +47,7 @@ __all__ = [
     "from_url",
     "kratos_endpoint",
     "redact",
+    "split_userinfo",
 ]
 
 logger = logging.getLogger("quiesce.registry")
@@ -199,13 +201,14 @@ def from_url(url: str) -> FileRegistry | EtcdRegistry:
 
     ``file:`` (default directory), ``file:///dir``, ``etcd://host:port[,host:port...]``,
     ``etcds://...`` (TLS); query options per backend (``ttl``, ``prefix``, ...).
+    Every error message shows the URL through :func:`redact`.
 
     Raises:
-        ConfigError: the scheme is unknown, an option is invalid, or the
-            backend's optional dependency (httpx for etcd) is not installed.
+        ConfigError: the URL does not parse, the scheme is unknown, an option is
+            invalid, or the backend's optional dependency (httpx for etcd) is not installed.
 
     """
-    scheme = urlsplit(url).scheme.lower() if ":" in url else ""
+    scheme = _scheme(url)
     if scheme == "file":
         from quiesce.registry.file import FileRegistry
 
@@ -215,23 +218,66 @@ def from_url(url: str) -> FileRegistry | EtcdRegistry:
             from quiesce.registry.etcd import EtcdRegistry
         except ImportError as exc:
             raise ConfigError(
-                f"registry {url!r}: the etcd registry needs httpx (pip install 'quiesce[etcd]')"
+                f"registry {redact(url)!r}: the etcd registry needs httpx "
+                "(pip install 'quiesce[etcd]')"
             ) from exc
         return EtcdRegistry.from_url(url)
+    # The scheme alone, never the URL: an unknown scheme may still carry a password.
     raise ConfigError(
-        f"registry {url!r}: unknown registry scheme {scheme or url!r} "
+        f"registry {redact(url)!r}: unknown registry scheme {scheme or '(none)'!r} "
         "(expected file:, etcd:// or etcds://)"
     )
 
 
+def _scheme(url: str) -> str:
+    """The scheme of ``url``, lower-cased ('' when there is none); never raises."""
+    match = _SCHEME.match(url)
+    return match.group(1).lower() if match else ""
+
+
+#: RFC 3986's scheme: a letter, then letters, digits, ``+``, ``-`` or ``.``, then ``:``.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def split_userinfo(url: str) -> tuple[str | None, str]:
+    """``url``'s userinfo (the text before the authority's ``@``) and ``url`` without it.
+
+    The userinfo ends at the *last* ``@`` after ``//``, wherever it is: a
+    password written with a raw ``/``, ``?``, ``#`` or ``@`` still counts as
+    userinfo, so that :func:`redact` masks all of it and nothing of it can
+    end up in a host, a path or an option named by an error message. The
+    price is that an ``@`` elsewhere (in ``?prefix=``) must be written
+    ``%40``. An empty authority (``file:///dir``) has no userinfo. Never raises.
+    """
+    head, sep, rest = url.partition("//")
+    if not sep or not _SCHEME.fullmatch(head) or rest.startswith("/"):
+        return None, url
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at:
+        return None, url
+    return userinfo, f"{head}//{hosts}"
+
+
 def redact(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``: safe for logs and messages."""
-    parts = urlsplit(url)
-    userinfo, sep, hosts = parts.netloc.rpartition("@")
-    if not sep or ":" not in userinfo:
+    """``url`` with its userinfo's secret replaced by ``***``: safe for logs and messages.
+
+    ``user:password@`` becomes ``user:***@``; a token alone (``token@``)
+    becomes ``***@``. Anything that may be part of the userinfo is masked
+    (see :func:`split_userinfo`), so a URL that does not parse is masked
+    too. Never raises; ``redact(redact(url)) == redact(url)``.
+    """
+    userinfo, bare = split_userinfo(url)
+    if userinfo is None:
         return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    user, colon, _ = userinfo.partition(":")
+    # A "user" holding a character that cannot be in one is a raw password's tail.
+    masked = f"{user}:***" if colon and not _NOT_IN_USER.search(user) else "***"
+    head, _, hosts = bare.partition("//")
+    return f"{head}//{masked}@{hosts}"
+
+
+#: Characters an unencoded user name cannot hold (they end the authority).
+_NOT_IN_USER = re.compile(r"[/?#\[\]]")
 
 
 def query_options(url: str, allowed: Sequence[str]) -> dict[str, str]:
@@ -241,14 +287,16 @@ def query_options(url: str, allowed: Sequence[str]) -> dict[str, str]:
         ConfigError: a parameter is not in ``allowed`` or is given twice.
 
     """
+    safe = redact(url)
     options: dict[str, str] = {}
-    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+    _, _, query = split_userinfo(url)[1].partition("?")
+    for key, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
         if key not in allowed:
             raise ConfigError(
-                f"registry {url!r}: unknown option {key!r} (known: {', '.join(allowed)})"
+                f"registry {safe!r}: unknown option {key!r} (known: {', '.join(allowed)})"
             )
         if key in options:
-            raise ConfigError(f"registry {url!r}: option {key!r} given twice")
+            raise ConfigError(f"registry {safe!r}: option {key!r} given twice")
         options[key] = value
     return options
 
@@ -268,21 +316,32 @@ def positive_seconds(url: str, options: Mapping[str, str], key: str, default: fl
     except ValueError:
         value = -1.0
     if not value > 0 or value == float("inf"):
-        raise ConfigError(f"registry {url!r}: {key}={raw!r} must be a positive number of seconds")
+        raise ConfigError(
+            f"registry {redact(url)!r}: {key}={raw!r} must be a positive number of seconds"
+        )
     return value
 
 
-def parse_instances(items: Mapping[str, str | bytes], where: str) -> list[Instance]:
+def parse_instances(
+    items: Mapping[str, str | bytes], where: str, name: str | None = None
+) -> list[Instance]:
     """Instances from ``{key: json}``, sorted by id; a value that does not parse is logged, skipped.
 
-    The key is only used to name a bad value in the log.
+    With ``name``, an instance of another service is skipped too (logged
+    once): what is stored under a service's key or folder does not get to
+    speak for another one. The key is only used to name a bad value in the log.
     """
     found: list[Instance] = []
     for key, raw in items.items():
         try:
-            found.append(Instance.from_json(raw))
+            instance = Instance.from_json(raw)
         except (ValueError, TypeError) as exc:
             _warn_once(f"{where}: skipping {key!r}: not an instance ({exc})")
+            continue
+        if name is not None and instance.name != name:
+            _warn_once(f"{where}: skipping {key!r}: an instance of {instance.name!r}, not {name!r}")
+            continue
+        found.append(instance)
     found.sort(key=lambda i: i.id)
     return found
 

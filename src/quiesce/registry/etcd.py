@@ -30,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import logging
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -51,6 +53,7 @@ from quiesce.registry import (
     positive_seconds,
     query_options,
     redact,
+    split_userinfo,
 )
 
 __all__ = ["EtcdError", "EtcdRegistry"]
@@ -105,8 +108,9 @@ class EtcdRegistry:
             connection can hide changes.
 
     Raises:
-        ConfigError: no endpoints, ``ttl`` under 1 s, a non-positive timeout, or a
-            username without a password (or the reverse).
+        ConfigError: no endpoints, one that is not ``http[s]://host:port``, ``ttl``
+            under 1 s, a non-positive timeout, or a username without a password
+            (or the reverse).
 
     """
 
@@ -130,6 +134,8 @@ class EtcdRegistry:
             raise ConfigError("etcd registry: request_timeout and relist_interval must be positive")
         if (username is None) != (password is None):
             raise ConfigError("etcd registry: give both username and password, or neither")
+        for endpoint in endpoints:
+            _check_client_url(endpoint)
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.ttl = int(ttl)
@@ -151,35 +157,38 @@ class EtcdRegistry:
 
         Options: ``prefix`` (default ``/microservices``), ``ttl`` (10), ``timeout``
         (request timeout, 3), ``relist`` (45), and for ``etcds://`` ``ca``, ``cert``,
-        ``key`` (PEM file paths). A missing port is 2379.
+        ``key`` (PEM file paths). A missing port is 2379. A ``/``, ``?``, ``#`` or
+        ``@`` in the user or password is percent-encoded (``%2F``, ``%3F``, ``%23``,
+        ``%40``); error messages show the URL with its secret masked.
 
         Raises:
-            ConfigError: no host, a bad port or option, or unreadable TLS files.
+            ConfigError: the URL does not parse, no host (or a bad one), a bad port
+                or option, a user without a password, or unreadable TLS files.
 
         """
-        parts = urlsplit(url)
+        safe = redact(url)  # error messages name the URL, never its secret
+        userinfo, bare = split_userinfo(url)
+        try:
+            parts = urlsplit(bare)
+        except ValueError as exc:
+            raise ConfigError(f"registry {safe!r}: not a valid URL ({exc})") from None
         secure = parts.scheme.lower() == "etcds"
-        safe = redact(url)  # error messages name the URL, never its password
-        options = query_options(safe, ("prefix", "ttl", "timeout", "relist", "ca", "cert", "key"))
-        userinfo, _, hosts = parts.netloc.rpartition("@")
+        options = query_options(url, ("prefix", "ttl", "timeout", "relist", "ca", "cert", "key"))
         username = password = None
-        if userinfo:
+        if userinfo is not None:
             user, sep, pw = userinfo.partition(":")
-            if not sep:
-                raise ConfigError(f"registry {safe!r}: give user:password, not a user alone")
+            if not sep or not user:
+                raise ConfigError(
+                    f"registry {safe!r}: give user:password before the '@' "
+                    "(a token alone is not a credential etcd takes)"
+                )
+            if any(c in userinfo for c in "/?#@"):
+                raise ConfigError(
+                    f"registry {safe!r}: write '/', '?', '#' and '@' in the user or "
+                    "password as %2F, %3F, %23 and %40 (or in the prefix: ?prefix=%40...)"
+                )
             username, password = unquote(user), unquote(pw)
-        endpoints = []
-        for host in hosts.split(","):
-            if not host:
-                raise ConfigError(f"registry {safe!r}: an empty host")
-            try:
-                port = urlsplit(f"//{host}").port or 2379
-            except ValueError:
-                raise ConfigError(f"registry {safe!r}: bad port in {host!r}") from None
-            hostname = urlsplit(f"//{host}").hostname or ""
-            if ":" in hostname:
-                hostname = f"[{hostname}]"
-            endpoints.append(f"{'https' if secure else 'http'}://{hostname}:{port}")
+        endpoints = [_endpoint(safe, host, secure) for host in parts.netloc.split(",")]
         if parts.path not in ("", "/"):
             raise ConfigError(f"registry {safe!r}: use ?prefix=..., not a path")
         context = None
@@ -211,6 +220,30 @@ class EtcdRegistry:
 
     # -- Registry ------------------------------------------------------------------
 
+    def check_name(self, name: str) -> None:
+        """Refuse a service name that is not exactly one segment of ``<prefix>/<name>/<id>``.
+
+        A ``/`` would put the service's keys inside another service's prefix
+        (``a/b``'s instances would be listed as ``a``'s); an empty name, ``.``
+        and ``..`` read as paths to Kratos' tools; control characters would
+        forge lines in logs. Call it at validation, before anything binds.
+
+        Raises:
+            ConfigError: ``name`` is not a string, or is such a name.
+
+        """
+        if not isinstance(name, str):
+            raise ConfigError(f"{self!r}: a service name is a string, not {type(name).__name__}")
+        reason = None
+        if name in ("", ".", ".."):
+            reason = "is not a name"
+        elif "/" in name:
+            reason = "contains '/': its keys would be inside another service's prefix"
+        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            reason = "contains a control character"
+        if reason is not None:
+            raise ConfigError(f"{self!r}: service name {name!r} {reason}")
+
     async def register(self, instance: Instance) -> None:
         """Grant a lease, put the instance's key, and keep the lease alive in the background.
 
@@ -219,9 +252,11 @@ class EtcdRegistry:
         revokes the lease if one was granted (the key may have been put).
 
         Raises:
+            ConfigError: the instance's name is refused by :meth:`check_name`.
             RegistryError: no member could be reached, or etcd refused (``EtcdError``).
 
         """
+        self.check_name(instance.name)
         key = (instance.name, instance.id)
         await self._forget(key)
         reg = _Registration(
@@ -232,7 +267,13 @@ class EtcdRegistry:
         # Recorded before the grant: a register cut after etcd put the key (a lost
         # reply, the caller's timeout) must still be revocable by deregister.
         self._registrations[key] = reg
-        await self._grant_and_put(reg)
+        try:
+            await self._grant_and_put(reg)
+        except RegistryError:
+            # The caller says the error (the App, in its one start-failed line): no
+            # WARNING here, and the traceback only for whoever debugs.
+            logger.debug("%r: register of %s failed", self, instance.id, exc_info=True)
+            raise
         reg.task = asyncio.create_task(
             self._keep_alive(reg), name=f"quiesce etcd keepalive {instance.id}"
         )
@@ -243,7 +284,12 @@ class EtcdRegistry:
         For a service that should serve even while etcd is down
         (``registry_required=False``): never raises for etcd errors, logs them.
         Call it from the running event loop; :meth:`deregister` ends it.
+
+        Raises:
+            ConfigError: the instance's name is refused by :meth:`check_name`.
+
         """
+        self.check_name(instance.name)
         key = (instance.name, instance.id)
         old = self._registrations.pop(key, None)
         if old is not None and old.task is not None:
@@ -296,7 +342,7 @@ class EtcdRegistry:
 
         """
         kvs, _ = await self._range(self._service_prefix(name))
-        return parse_instances(kvs, repr(self))
+        return parse_instances(kvs, repr(self), name)
 
     def watch(self, name: str) -> Watch:
         """Range, then watch ``<prefix>/<name>/``; yield the list whenever it changes.
@@ -320,7 +366,7 @@ class EtcdRegistry:
                     if failures:
                         logger.warning("%r: watch of %r works again", self, name)
                         failures = 0
-                    listed = parse_instances(current, repr(self))
+                    listed = parse_instances(current, repr(self), name)
                     if listed != last:
                         last = listed
                         yield listed
@@ -360,7 +406,7 @@ class EtcdRegistry:
                                     current.pop(key, None)
                                 else:
                                     current[key] = base64.b64decode(kv.get("value", ""))
-                            listed = parse_instances(current, repr(self))
+                            listed = parse_instances(current, repr(self), name)
                             if listed != last:
                                 last = listed
                                 yield listed
@@ -564,7 +610,8 @@ class EtcdRegistry:
                 continue
             self._answered(base)
             return answer
-        raise RegistryError(f"{self!r}: no etcd member answered {method}: " + "; ".join(errors))
+        # The members named once each, and no repr: the caller (the App) names the registry.
+        raise RegistryError(f"no etcd member answered {method}: " + "; ".join(errors))
 
     async def _post(self, base: str, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         client = self._http()
@@ -636,7 +683,7 @@ class EtcdRegistry:
                 return
             finally:
                 await response.aclose()
-        raise RegistryError(f"{self!r}: no etcd member accepted {method}: " + "; ".join(errors))
+        raise RegistryError(f"no etcd member accepted {method}: " + "; ".join(errors))
 
     async def _auth_or_skip(self, base: str, errors: list[str]) -> dict[str, str] | None:
         try:
@@ -670,6 +717,66 @@ class EtcdRegistry:
             token = str(answer.get("token", ""))
             self._tokens[base] = token
         return {"Authorization": token}
+
+
+def _check_client_url(endpoint: object) -> None:
+    """Refuse a member URL httpx could only fail on at the first request.
+
+    Raises:
+        ConfigError: not a string, not ``http://`` or ``https://``, no host, or a bad port.
+
+    """
+    if not isinstance(endpoint, str):
+        raise ConfigError(f"etcd registry: an endpoint is a URL string, not {endpoint!r}")
+    safe = redact(endpoint)
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"etcd registry: bad endpoint {safe!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(
+            f"etcd registry: bad endpoint {safe!r} (expected http[s]://host:port, "
+            "the members' client URLs)"
+        )
+
+
+def _endpoint(safe: str, host: str, secure: bool) -> str:
+    """The client URL of one ``host[:port]`` of an etcd URL (``safe``: the URL, redacted).
+
+    Raises:
+        ConfigError: an empty host, no host name (``:2379``), a malformed one
+            (``[::1``, ``a b``), or a port that is not 1-65535.
+
+    """
+    if not host:
+        raise ConfigError(f"registry {safe!r}: an empty host")
+    try:
+        parsed = urlsplit(f"//{host}")
+    except ValueError:  # "Invalid IPv6 URL": an unclosed bracket
+        raise ConfigError(f"registry {safe!r}: bad host in {host!r}") from None
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ConfigError(f"registry {safe!r}: bad port in {host!r} (1-65535)") from None
+    hostname = parsed.hostname or ""
+    if not hostname:
+        raise ConfigError(f"registry {safe!r}: no host name in {host!r} (host:port)")
+    if ":" in hostname:
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            raise ConfigError(f"registry {safe!r}: bad IPv6 address in {host!r}") from None
+        hostname = f"[{hostname}]"
+    elif not _HOSTNAME.fullmatch(hostname):
+        raise ConfigError(f"registry {safe!r}: bad host name in {host!r}")
+    if port == 0:
+        raise ConfigError(f"registry {safe!r}: bad port in {host!r} (1-65535)")
+    return f"{'https' if secure else 'http'}://{hostname}:{port or 2379}"
+
+
+#: A DNS name or an IPv4 address: what an etcd member's host can be besides ``[IPv6]``.
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
 class _TryAnotherMember(Exception):

@@ -10,6 +10,20 @@ process on the machine that uses the same directory sees the same instances.
   is stale and no longer listed (a SIGKILLed process drops out after ``ttl``).
   A file deleted under a live owner is written again at the next heartbeat.
 - Deregistering deletes the file; watchers poll every ``poll_interval``.
+- Whoever can write the directory can announce instances that take this
+  user's traffic, or make a sweep delete what it points at. So the directory
+  and each service's folder are created 0700 and refused (``RegistryError``
+  naming the path and why) when they are not owned by this user, are
+  group- or world-writable, or are a symlink; their ancestors must be owned by
+  root or this user and be writable by nobody else unless sticky (``/tmp``).
+  Every look goes through a directory descriptor opened with ``O_NOFOLLOW``
+  and checked, so a directory swapped after the check is not followed either.
+  Instance files are 0600; a file owned by another user is never read. A
+  directory that fails the check is not read by discovery either:
+  ``instances()`` raises, a watch lists nothing (and says why, once).
+- The stale sweep deletes only this registry's instance records (a file that
+  parses as an instance of that service, under that id's name) and its own
+  temporary files (their exact name pattern): never anything else.
 
 Directory operations are a few microseconds on a local disk, so they run on
 the event loop rather than paying a thread hop each time.
@@ -22,6 +36,8 @@ import contextlib
 import logging
 import os
 import random
+import re
+import stat
 import tempfile
 import time
 from collections.abc import AsyncGenerator
@@ -36,6 +52,15 @@ from quiesce.registry import (
     parse_instances,
     positive_seconds,
     query_options,
+    redact,
+    split_userinfo,
+)
+from quiesce.registry._safedir import (
+    CLOEXEC,
+    NOFOLLOW,
+    UnsafeDirectoryError,
+    open_folder,
+    read_text,
 )
 
 __all__ = ["DEFAULT_DIR", "FileRegistry"]
@@ -51,13 +76,17 @@ DEFAULT_POLL = 0.025
 DEFAULT_DIR = Path(tempfile.gettempdir()) / f"quiesce-registry-{os.getuid()}"
 _SUFFIX = ".json"
 _TMP_SUFFIX = ".tmp"
+#: The temporary files :meth:`FileRegistry._write` makes (``.<id>.json.<pid>.<hex8>.tmp``):
+#: the only files besides instance records that the stale sweep may delete.
+_TMP_NAME = re.compile(r"\.[^/]+\.json\.[0-9]+\.[0-9a-f]{8}\.tmp")
 
 
 class FileRegistry:
     """Instances as files in ``directory``, kept fresh by a heartbeat; implements both protocols.
 
     Args:
-        directory: the shared directory (created on first use); default :data:`DEFAULT_DIR`.
+        directory: the shared directory (created 0700 on first use); default
+            :data:`DEFAULT_DIR`. See the module's notes for what is refused.
         ttl: seconds after the last heartbeat that an instance counts as gone;
             the heartbeat runs every ``ttl / 3``. Every process sharing the
             directory should use the same ttl.
@@ -89,12 +118,22 @@ class FileRegistry:
         """``file:`` (default directory) or ``file:///dir``, with ``?ttl=10&poll=0.025``.
 
         Raises:
-            ConfigError: a host other than localhost, or a bad option.
+            ConfigError: a host other than localhost, a user or password, or a bad option.
 
         """
-        parts = urlsplit(url)
+        safe = redact(url)
+        userinfo, bare = split_userinfo(url)
+        if userinfo is not None:
+            raise ConfigError(
+                f"registry {safe!r}: a file registry takes no user or password "
+                "(an '@' in its path is written %40)"
+            )
+        try:
+            parts = urlsplit(bare)
+        except ValueError as exc:
+            raise ConfigError(f"registry {safe!r}: not a valid URL ({exc})") from None
         if parts.netloc not in ("", "localhost"):
-            raise ConfigError(f"registry {url!r}: a file registry is local (file:///dir)")
+            raise ConfigError(f"registry {safe!r}: a file registry is local (file:///dir)")
         options = query_options(url, ("ttl", "poll"))
         path = unquote(parts.path)
         return cls(
@@ -106,42 +145,58 @@ class FileRegistry:
     def __repr__(self) -> str:
         return f"FileRegistry({str(self.directory)!r}, ttl={self.ttl:g})"
 
+    def check_name(self, name: str) -> None:
+        """Any string is a safe service name here: it is quoted into one path component.
+
+        Raises:
+            ConfigError: ``name`` is not a string.
+
+        """
+        if not isinstance(name, str):
+            raise ConfigError(f"{self!r}: a service name is a string, not {type(name).__name__}")
+
     # -- Registry ------------------------------------------------------------------
 
     async def register(self, instance: Instance) -> None:
         """Write the instance file and keep it fresh until :meth:`deregister`.
 
         Raises:
-            RegistryError: the file cannot be written (permissions, full disk).
+            RegistryError: the directory is refused (see the module's notes) or the
+                file cannot be written (permissions, full disk).
 
         """
+        self.check_name(instance.name)
         key = (instance.name, instance.id)
         path = self._path(instance.name, instance.id)
         try:
-            self._collect_stale(path.parent)
-            self._write(path, instance.kratos().to_json())
+            with self._folder(instance.name, create=True) as folder:
+                self._collect_stale(folder, instance.name)
+                self._write(folder, path.name, instance.kratos().to_json())
+        except UnsafeDirectoryError as exc:
+            raise RegistryError(str(exc)) from exc  # it names the path and the reason
         except OSError as exc:
             raise RegistryError(f"{self!r}: cannot write {path}: {exc}") from exc
         old = self._heartbeats.pop(key, None)
         if old is not None:
             old.cancel()
         self._heartbeats[key] = asyncio.create_task(
-            self._heartbeat(path, instance), name=f"quiesce registry heartbeat {instance.id}"
+            self._heartbeat(instance), name=f"quiesce registry heartbeat {instance.id}"
         )
 
     def keep_registered(self, instance: Instance) -> None:
         """Register ``instance`` in the background, retrying until it works, then keep it fresh.
 
         For a service that should serve even when the registry cannot be
-        written (``registry_required=False``): never raises for write errors,
-        logs them. Call it from the running event loop; :meth:`deregister` ends it.
+        written (``registry_required=False``): never raises for write errors
+        (nor for a refused directory), logs them. Call it from the running
+        event loop; :meth:`deregister` ends it.
         """
         key = (instance.name, instance.id)
         old = self._heartbeats.pop(key, None)
         if old is not None:
             old.cancel()
         self._heartbeats[key] = asyncio.create_task(
-            self._heartbeat(self._path(instance.name, instance.id), instance, written=False),
+            self._heartbeat(instance, written=False),
             name=f"quiesce registry heartbeat {instance.id}",
         )
 
@@ -149,7 +204,8 @@ class FileRegistry:
         """Stop the heartbeat and delete the file; watchers see it gone at their next poll.
 
         Raises:
-            RegistryError: the file exists but cannot be deleted.
+            RegistryError: the file exists but cannot be deleted, or the directory is
+                refused (nothing in it is touched then).
 
         """
         task = self._heartbeats.pop((instance.name, instance.id), None)
@@ -159,7 +215,11 @@ class FileRegistry:
                 await task
         path = self._path(instance.name, instance.id)
         try:
-            path.unlink(missing_ok=True)
+            with (
+                contextlib.suppress(FileNotFoundError),
+                self._folder(instance.name, create=False) as folder,
+            ):
+                os.unlink(path.name, dir_fd=folder)
         except OSError as exc:
             raise RegistryError(f"{self!r}: cannot delete {path}: {exc}") from exc
 
@@ -174,18 +234,42 @@ class FileRegistry:
     # -- Discovery -----------------------------------------------------------------
 
     async def instances(self, name: str) -> list[Instance]:
-        """The instances of ``name`` whose heartbeat is younger than ``ttl``, sorted by id."""
-        return self._scan(name, {})
+        """The instances of ``name`` whose heartbeat is younger than ``ttl``, sorted by id.
+
+        Raises:
+            RegistryError: the directory is refused (another user could have written it)
+                or cannot be read.
+
+        """
+        try:
+            return self._scan(name, {})
+        except OSError as exc:
+            raise RegistryError(f"{self!r}: cannot list {name!r}: {exc}") from exc
 
     def watch(self, name: str) -> Watch:
-        """Poll the service's directory every ``poll_interval``; yield the list when it changes."""
+        """Poll the service's directory every ``poll_interval``; yield the list when it changes.
+
+        While the directory is refused or unreadable the list is empty (an
+        attacker's instance is never yielded); the reason is logged once.
+        """
         return Watch(self._poll(name))
 
     async def _poll(self, name: str) -> AsyncGenerator[list[Instance], None]:
         cache: dict[str, tuple[tuple[int, int, int], str]] = {}
         last: list[Instance] | None = None
+        failing: str | None = None
         while True:
-            current = self._scan(name, cache)
+            try:
+                current = self._scan(name, cache)
+                if failing is not None:
+                    logger.warning("%r: watch of %r works again", self, name)
+                    failing = None
+            except OSError as exc:
+                if str(exc) != failing:
+                    logger.warning("%r: watch of %r lists nothing: %s", self, name, exc)
+                    failing = str(exc)
+                cache.clear()
+                current = []
             if current != last:
                 last = current
                 yield current
@@ -196,27 +280,46 @@ class FileRegistry:
     def _path(self, name: str, ident: str) -> Path:
         return self.directory / _component(name) / (_component(ident) + _SUFFIX)
 
+    def _folder(self, name: str, *, create: bool) -> contextlib.AbstractContextManager[int]:
+        """A checked descriptor of service ``name``'s folder (see :func:`open_folder`)."""
+        return open_folder(Path(os.path.abspath(self.directory)), _component(name), create=create)
+
     def _scan(
         self, name: str, cache: dict[str, tuple[tuple[int, int, int], str]]
     ) -> list[Instance]:
-        """Read the live instance files of ``name``; ``cache`` keeps contents between polls."""
-        folder = self.directory / _component(name)
+        """Read the live instance files of ``name``; ``cache`` keeps contents between polls.
+
+        Raises:
+            OSError: the directory is refused (:class:`UnsafeDirectoryError`) or unreadable.
+
+        """
+        try:
+            with self._folder(name, create=False) as folder:
+                texts = self._live_texts(folder, cache)
+        except FileNotFoundError:
+            texts = {}  # nobody registered yet
+        for gone in set(cache) - set(texts):
+            del cache[gone]
+        return parse_instances(texts, repr(self), name)
+
+    def _live_texts(
+        self, folder: int, cache: dict[str, tuple[tuple[int, int, int], str]]
+    ) -> dict[str, str]:
+        """``{file name: text}`` of the fresh instance files in ``folder``."""
         fresh_after = time.time() - self.ttl
         texts: dict[str, str] = {}
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            entries = []
-        except OSError as exc:
-            logger.warning("%r: cannot list %s: %s", self, folder, exc)
-            entries = []
-        for entry in entries:
+        uid = os.geteuid()
+        for entry in list(os.scandir(folder)):
             if entry.name.startswith(".") or not entry.name.endswith(_SUFFIX):
                 continue
             try:
-                st = entry.stat()
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deregistered between the listing and the stat
+            # Only regular files of ours (or root's): the folder is ours, but a
+            # file may predate a chown, or be a link to somebody else's.
+            if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0):
+                continue
             if st.st_mtime < fresh_after:
                 continue
             # A change of content is always a rename (a new inode and mtime); a
@@ -224,67 +327,78 @@ class FileRegistry:
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             cached = cache.get(entry.name)
             if cached is not None and cached[0] == stamp:
-                texts[entry.path] = cached[1]
+                texts[entry.name] = cached[1]
                 continue
             try:
-                text = Path(entry.path).read_text(encoding="utf-8")
+                text = read_text(folder, entry.name)
             except FileNotFoundError:
                 continue
             except (OSError, UnicodeDecodeError) as exc:
-                logger.warning("%r: cannot read %s: %s", self, entry.path, exc)
+                logger.warning("%r: cannot read %s: %s", self, entry.name, exc)
                 continue
             cache[entry.name] = (stamp, text)
-            texts[entry.path] = text
-        live = {os.path.basename(p) for p in texts}
-        for gone in set(cache) - live:
-            del cache[gone]
-        return parse_instances(texts, repr(self))
+            texts[entry.name] = text
+        return texts
 
-    def _write(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(
-            f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}{_TMP_SUFFIX}"
-        )
+    def _write(self, folder: int, filename: str, text: str) -> None:
+        tmp = f".{filename}.{os.getpid()}.{random.getrandbits(32):08x}{_TMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=folder)
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            with open(fd, "w", encoding="utf-8", closefd=True) as out:
+                out.write(text)
+            os.replace(tmp, filename, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=folder)
             raise
 
-    def _collect_stale(self, folder: Path) -> None:
-        """Delete files of crashed instances (and their leftover temp files)."""
+    def _collect_stale(self, folder: int, name: str) -> None:
+        """Delete records of crashed instances of ``name`` and leftover temp files; only those.
+
+        A record is a ``<id>.json`` that parses as an instance of ``name`` with
+        that id; a temp file has :func:`_write`'s exact name pattern.
+        """
         # Safe against a slow live owner: its next heartbeat writes its file again.
         limit = time.time() - self.ttl
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(folder):
-                with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < limit:
-                        os.unlink(entry.path)
+        for entry in list(os.scandir(folder)):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime >= limit:
+                    continue
+                if not _TMP_NAME.fullmatch(entry.name) and not _is_record(folder, entry.name, name):
+                    continue
+                # Still the file we judged: not renamed over or touched since.
+                again = os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
+                if (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
+                    os.unlink(entry.name, dir_fd=folder)
 
-    async def _heartbeat(self, path: Path, instance: Instance, *, written: bool = True) -> None:
+    async def _heartbeat(self, instance: Instance, *, written: bool = True) -> None:
         """Touch the file every ttl/3 for as long as the instance is registered.
 
         ``written=False`` writes it first, retrying every ttl/3 until that works.
         """
         text = instance.kratos().to_json()
+        filename = self._path(instance.name, instance.id).name
         failing = False
         while True:
             if written:
                 await asyncio.sleep(self.ttl / 3 * random.uniform(0.9, 1.0))
             try:
-                if not written:
-                    self._write(path, text)
-                    written = True
-                    if failing:
-                        logger.warning("%r: registered %s", self, instance.id)
-                        failing = False
-                    continue
-                try:
-                    os.utime(path)
-                except FileNotFoundError:
-                    self._write(path, text)
-                    logger.warning("%r: %s had been deleted; wrote it again", self, path)
+                # The folder is checked again at every beat: one replaced since is refused.
+                with self._folder(instance.name, create=not written) as folder:
+                    if not written:
+                        self._write(folder, filename, text)
+                        written = True
+                        if failing:
+                            logger.warning("%r: registered %s", self, instance.id)
+                            failing = False
+                        continue
+                    try:
+                        os.utime(filename, dir_fd=folder, follow_symlinks=False)
+                    except FileNotFoundError:
+                        self._write(folder, filename, text)
+                        logger.warning("%r: %s had been deleted; wrote it again", self, filename)
             except OSError as exc:
                 if not failing:
                     logger.error("%r: heartbeat of %s failing: %s", self, instance.id, exc)
@@ -295,6 +409,15 @@ class FileRegistry:
             if failing:
                 logger.warning("%r: heartbeat of %s works again", self, instance.id)
                 failing = False
+
+
+def _is_record(folder: int, filename: str, name: str) -> bool:
+    """Whether ``filename`` is this registry's record of an instance of ``name``."""
+    try:
+        instance = Instance.from_json(read_text(folder, filename))
+    except (ValueError, TypeError):
+        return False
+    return instance.name == name and _component(instance.id) + _SUFFIX == filename
 
 
 def _component(text: str) -> str:
