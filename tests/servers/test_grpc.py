@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiesce import App, ExitCode, Server
+from quiesce.errors import ConfigError, StartError
 from quiesce.servers.grpc import GRPCServer
 from quiesce.servers.stream import StreamServer
 
@@ -109,26 +111,51 @@ async def test_grpc_factory_builds_the_server_at_start(
         assert await server.stop(1) == []
 
 
-async def test_grpc_factory_returning_a_sync_server_raises_type_error() -> None:
+async def test_grpc_factory_returning_a_sync_server_raises_start_error() -> None:
     server = GRPCServer(lambda: grpc.server(None), port=0)  # type: ignore[arg-type,return-value]  # the mistake under test
-    with pytest.raises(TypeError, match=r"not a grpc\.aio\.Server"):
+    with pytest.raises(StartError, match=r"^server 'grpc' failed .*: the factory returned _Server"):
         await server.start()
 
 
-def test_grpc_given_neither_server_nor_factory_raises_type_error() -> None:
-    with pytest.raises(TypeError, match=r"grpc\.aio\.Server or a factory"):
-        GRPCServer("127.0.0.1:50051")  # type: ignore[arg-type]  # the mistake under test
+async def test_grpc_factory_that_raises_raises_start_error_from_it() -> None:
+    def broken() -> grpc.aio.Server:
+        raise LookupError("no such servicer")
+
+    with pytest.raises(
+        StartError, match=r"^server 'grpc' .*: LookupError: no such servicer$"
+    ) as info:
+        await GRPCServer(broken, port=0).start()
+    assert isinstance(info.value.__cause__, LookupError)
 
 
-async def test_grpc_port_in_use_raises_oserror_naming_the_address() -> None:
+@pytest.mark.parametrize("source", [None, "127.0.0.1:50051"], ids=["none", "address"])
+async def test_grpc_neither_server_nor_factory_exits_2_with_one_line(source: Any) -> None:
+    server = GRPCServer(source)  # the constructor is lenient: the app's validation refuses it
+    with pytest.raises(ConfigError):
+        server.check()
+    report = await App(name="x", servers=[server]).serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error == (
+        f"server 'grpc': {source!r} is neither a grpc.aio.Server nor a factory returning one"
+    )
+
+
+async def test_grpc_port_in_use_raises_start_error_naming_the_address() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         server = GRPCServer(Sleeper().server(), port=port)
-        with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port}: Address already in use"):
+        with pytest.raises(StartError) as info:
             await server.start()
+    bind = f"cannot bind grpc://127.0.0.1:{port}: Address already in use"
+    assert str(info.value) == f"server 'grpc' failed to start: {bind}"
     assert await server.stop(1) == []
+
+
+async def test_grpc_bound_loop_is_the_loop_the_server_was_built_in() -> None:
+    assert GRPCServer(Sleeper().server()).bound_loop is asyncio.get_running_loop()
+    assert GRPCServer(sync_factory).bound_loop is None
 
 
 # -- health ----------------------------------------------------------------------
@@ -208,11 +235,11 @@ async def test_grpc_health_false_registers_no_health_service() -> None:
         await server.stop(1)
 
 
-async def test_grpc_server_with_its_own_health_service_raises_value_error() -> None:
+async def test_grpc_server_with_its_own_health_service_raises_start_error() -> None:
     grpc_server = Sleeper().server()
     health_pb2_grpc.add_HealthServicer_to_server(health_pb2_grpc.HealthServicer(), grpc_server)
     server = GRPCServer(grpc_server, port=0)
-    with pytest.raises(ValueError, match="health=False"):
+    with pytest.raises(StartError, match=r"^server 'grpc' failed .*: pass health=False"):
         await server.start()
 
 
@@ -241,12 +268,24 @@ async def test_grpc_stop_lets_an_in_flight_call_finish_and_refuses_new_ones() ->
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_grpc_stop_cancels_calls_that_outlast_the_grace_and_says_so() -> None:
+async def test_grpc_stop_names_each_call_cut_at_the_grace_with_method_and_peer() -> None:
     server, in_flight = await serving_a_call("10")
     began = time.monotonic()
-    cut = await server.stop(0.3)
+    (cut,) = await server.stop(0.3)
     assert 0.25 <= time.monotonic() - began < 1.5
-    assert cut == ["in-flight calls cancelled at the 0.3s grace"]
+    assert re.fullmatch(
+        rf"call {SLEEP} from ipv4:127\.0\.0\.1:\d+ cancelled at the 0\.3s grace", cut
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await in_flight
+
+
+async def test_grpc_forced_stop_names_the_calls_it_cancels() -> None:
+    server, in_flight = await serving_a_call("10")
+    (cut,) = await server.stop(0)
+    assert re.fullmatch(
+        rf"call {SLEEP} from ipv4:127\.0\.0\.1:\d+ cancelled at once \(no grace\)", cut
+    )
     with pytest.raises(grpc.aio.AioRpcError):
         await in_flight
 
@@ -338,7 +377,10 @@ async def test_grpc_stream_ignoring_app_stopping_is_cut_at_the_grace_and_reporte
         assert await stream.code() != grpc.StatusCode.OK
     assert report.exit_code == ExitCode.INCOMPLETE, report.to_text()
     (stop_servers,) = [r for r in report.stop if r.name == "stop_servers"]
-    assert stop_servers.cut == ["server grpc: in-flight calls cancelled at the 0.3s grace"]
+    (cut,) = stop_servers.cut
+    assert re.fullmatch(
+        rf"server grpc: call /{SERVICE}/Feed from ipv4:\S+ cancelled at the 0\.3s grace", cut
+    )
 
 
 def test_grpc_server_implements_the_server_protocol() -> None:

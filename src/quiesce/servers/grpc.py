@@ -15,10 +15,13 @@ Import this module only when grpc is wanted: it imports ``grpc`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
+import itertools
+import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stubs predate it
 
 from quiesce.config import check_listen
+from quiesce.errors import ConfigError, StartError
 
 if TYPE_CHECKING:
     from quiesce.app import App
@@ -37,14 +41,25 @@ ServerFactory = Callable[[], grpc.aio.Server | Awaitable[grpc.aio.Server]]
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
+logger = logging.getLogger(__name__)
+
 
 class GRPCServer:
     """Serve a ``grpc.aio.Server`` on ``host:port`` within an :class:`~quiesce.App`.
 
+    Long-lived calls (server streams, bidirectional streams) should await
+    ``app.stopping`` and end on their own; those still open at the grace are
+    cancelled by grpc and named in the report (method and peer). The
+    constructor accepts anything; :meth:`check`, at the app's validation,
+    refuses what cannot serve, as ``HTTPServer`` does.
+
     Args:
         server_or_factory: a ``grpc.aio.Server`` with its servicers added (and
             no port yet), or a zero-argument callable, sync or async, that
-            builds one; the factory is called by :meth:`start`.
+            builds one; the factory is called by :meth:`start`, in the app's
+            loop. grpc binds a server to the event loop current when it is
+            built, so a server built at import time cannot serve in a loop
+            made later (``asyncio.run``): pass the factory form there.
         host: the address to bind, loopback by default.
         port: the port; 0 picks a free one and :meth:`endpoints` reports it.
         name: the server's name in ``depends_on``, logs and the report.
@@ -53,13 +68,6 @@ class GRPCServer:
             inherits the app's default.
         health: register the standard ``grpc.health.v1.Health`` service
             (grpcio-health-checking) and tie it to the lifecycle.
-
-    Long-lived calls (server streams, bidirectional streams) should await
-    ``app.stopping`` and end on their own; those still open at the grace are
-    cancelled by grpc and reported as cut.
-
-    Raises:
-        TypeError: ``server_or_factory`` is neither a ``grpc.aio.Server`` nor callable.
 
     """
 
@@ -74,16 +82,11 @@ class GRPCServer:
         stop_timeout: float | None = None,
         health: bool = True,
     ) -> None:
-        if not isinstance(server_or_factory, grpc.aio.Server) and not callable(server_or_factory):
-            raise TypeError(
-                f"GRPCServer needs a grpc.aio.Server or a factory returning one, "
-                f"not {type(server_or_factory).__name__}"
-            )
         self._source = server_or_factory
         self.host = host
         self.port = port
         self.name = name
-        self.depends_on = tuple(depends_on)
+        self.depends_on: Sequence[str] = tuple(depends_on)
         self.stop_timeout = stop_timeout
         #: The health servicer once started (grpcio-health-checking's aio
         #: ``HealthServicer``; None with ``health=False``). Its ``set()`` is honoured
@@ -97,15 +100,34 @@ class GRPCServer:
         self._running = False
         self._app: App | None = None
         self._until_ready: asyncio.Task[None] | None = None
+        self._calls = _Calls()
+
+    @property
+    def bound_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop a given ``grpc.aio.Server`` is bound to; None for a factory.
+
+        grpc binds a server to the loop current when it is built; only that
+        loop can run it.
+        """
+        loop = getattr(self._source, "_loop", None)  # grpc.aio.Server keeps it there
+        if isinstance(self._source, grpc.aio.Server) and isinstance(
+            loop, asyncio.AbstractEventLoop
+        ):
+            return loop
+        return None
 
     def check(self) -> None:
         """Check the options before the app starts anything.
 
         Raises:
-            ConfigError: a bad address or stop timeout.
+            ConfigError: a bad address or stop timeout; neither a
+                ``grpc.aio.Server`` nor a factory; a server bound to another
+                event loop than the running one.
 
         """
         check_listen(self.name, self.host, self.port, self.stop_timeout)
+        if (why := self._unusable()) is not None:
+            raise ConfigError(f"server {self.name!r}: {why}")
 
     def bind(self, app: App) -> None:
         """Turn health SERVING when ``app`` is ready, not merely when this server is bound."""
@@ -117,24 +139,36 @@ class GRPCServer:
         Returns once grpc accepts calls on the port.
 
         Raises:
-            OSError: ``host:port`` cannot be bound (in use, or not a local address).
-            TypeError: the factory did not return a ``grpc.aio.Server``.
-            ValueError: ``health=True`` but the server already has a health service.
+            StartError: naming this server and the cause (chained): ``host:port``
+                cannot be bound, the factory failed or did not return a
+                ``grpc.aio.Server``, ``health=True`` but the server already has
+                a health service, or grpc failed to start.
 
         """
+        where = f"server {self.name!r}"
         server = await self._build()
+        found = _service_names(server)
+        if self._health_enabled and HEALTH_SERVICE in found:
+            why = f"the server already has a {HEALTH_SERVICE} service"
+            raise StartError(where, f"{why}: pass health=False or remove yours")
+        # Before the health service: its Watch streams are ended on purpose, never cut.
+        if not self._calls.wrap_handlers(server):
+            logger.debug("%s: grpc's handler tables not found; cut calls go unnamed", where)
         if self._health_enabled:
-            self.health = await self._add_health(server)
+            self.health = await self._add_health(server, found)
         address = _address(self.host, self.port)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc's message says only "Failed to bind"
-            raise _bind_error(self.host, self.port) from exc
+            raise StartError(where, _bind_error(self.host, self.port)) from exc
         if port == 0:  # older grpc releases return 0 instead of raising
-            raise _bind_error(self.host, self.port)
+            raise StartError(where, _bind_error(self.host, self.port))
         self.port = port
         self._server = server
-        await server.start()
+        try:
+            await server.start()
+        except Exception as exc:
+            raise StartError(where, exc) from exc
         self._running = True
         if self.health is None:
             return
@@ -156,9 +190,10 @@ class GRPCServer:
         """Close the listener, let in-flight calls finish within ``timeout``, cancel the rest.
 
         New calls fail with UNAVAILABLE from here on; health Watch streams end
-        first so that they do not hold the grace. Returns a description of
-        the cut when calls were still running at the grace (grpc does not say
-        how many; with ``timeout <= 0`` it cannot say whether any).
+        first so that they do not hold the grace. Returns one line per call
+        cut (``call /pkg.Service/Method from ipv4:10.0.0.7:53522 cancelled at
+        the 5s grace``); a call grpc cut that this adapter could not follow
+        (a sync handler) is reported as "in-flight calls cancelled".
         """
         server, self._server = self._server, None
         if self._until_ready is not None:
@@ -170,22 +205,35 @@ class GRPCServer:
             self.health.end_watches()
         if not self._running or timeout <= 0:
             # Cut short during start(): nothing was served, and a server that never ran
-            # never reports termination. No grace (the forced end): grpc cancels at once
-            # and cannot tell whether anything ran; the app reports the forced stop.
+            # never reports termination. No grace (the forced end): grpc cancels at once.
+            at_once = [
+                f"{call} cancelled at once (no grace)" for call in self._calls.active.values()
+            ]
             await server.stop(None)
-            return []
+            return at_once
         # wait_for_termination() returns True when it times out; armed a moment before
         # stop() arms the grace, it times out exactly when grpc has to cancel calls.
         timed_out = asyncio.ensure_future(server.wait_for_termination(timeout))
         await asyncio.sleep(0)  # let it arm its timer first
+        # The calls still running as the grace ends are the ones grpc cancels; armed
+        # before grpc's own timer, and grpc's cancellation reaches them only later
+        # (through its core), so they are still in the set.
+        at_grace: list[str] = []
+        named = asyncio.get_running_loop().call_later(
+            timeout, lambda: at_grace.extend(self._calls.active.values())
+        )
         try:
             await server.stop(timeout)
             cut = await timed_out
         finally:
             timed_out.cancel()  # safe: with a timeout, grpc shields its own future
+            named.cancel()
         if not cut:
             return []
-        return [f"in-flight calls cancelled at the {timeout:.3g}s grace"]
+        grace = f"the {timeout:.3g}s grace"
+        return [f"{call} cancelled at {grace}" for call in at_grace] or [
+            f"in-flight calls cancelled at {grace}"
+        ]
 
     async def wait_closed(self) -> None:
         """Return when the grpc server terminates on its own; raise what crashed it."""
@@ -201,27 +249,46 @@ class GRPCServer:
 
     # -- internals -------------------------------------------------------------
 
+    def _unusable(self) -> str | None:
+        """Why the given server or factory cannot serve here, or None."""
+        source = self._source
+        if not isinstance(source, grpc.aio.Server) and not callable(source):
+            return f"{source!r} is neither a grpc.aio.Server nor a factory returning one"
+        bound = self.bound_loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # checked outside a loop: start() checks again
+            return None
+        if bound is not None and bound is not running:
+            return (
+                "this grpc.aio.Server was built outside the app's event loop (at import "
+                "time?) and grpc binds a server to the loop it was built in; pass a factory "
+                "instead: GRPCServer(make_server) or GRPCServer(lambda: build_server())"
+            )
+        return None
+
     async def _build(self) -> grpc.aio.Server:
+        where = f"server {self.name!r}"
+        if (why := self._unusable()) is not None:
+            raise StartError(where, why)
         source = self._source
         if isinstance(source, grpc.aio.Server):
             return source
-        made = source()
-        if inspect.isawaitable(made):
-            made = await made
+        try:
+            made = source()
+            if inspect.isawaitable(made):
+                made = await made
+        except Exception as exc:
+            raise StartError(where, exc) from exc
         if not isinstance(made, grpc.aio.Server):
-            raise TypeError(
+            why = (
                 f"the factory returned {type(made).__name__}, not a grpc.aio.Server "
                 "(build it with grpc.aio.server())"
             )
+            raise StartError(where, why)
         return made
 
-    async def _add_health(self, server: grpc.aio.Server) -> _Health:
-        found = _service_names(server)
-        if HEALTH_SERVICE in found:
-            raise ValueError(
-                f"the server already has a {HEALTH_SERVICE} service: "
-                "pass health=False or remove yours"
-            )
+    async def _add_health(self, server: grpc.aio.Server, found: list[str]) -> _Health:
         health = _Health()
         self.services = ("", *found)
         # The reference servicer starts with "" SERVING; nothing is ready yet.
@@ -271,25 +338,139 @@ class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # untyped: Any 
             task.cancel()
 
 
+class _Calls:
+    """The calls being handled, by method and peer, so that a stop can name those it cuts.
+
+    grpc.aio has no accessor for its in-flight calls, and interceptors can only
+    be given at construction; so each method handler in grpc's own tables is
+    replaced, before the server starts, by one that enters and leaves this
+    set. Sync handlers (run in grpc's thread pool) are left as they are.
+    """
+
+    def __init__(self) -> None:
+        self.active: dict[int, str] = {}
+        self._ids = itertools.count()
+
+    def wrap_handlers(self, server: grpc.aio.Server) -> bool:
+        """Wrap every handler of ``server`` in place; False if grpc's tables were not found."""
+        tables = _handler_tables(server)
+        if tables is None:
+            return False
+        generic, registered = tables
+        generic[:] = [_TrackedGeneric(handler, self) for handler in generic]
+        for method, handler in registered.items():
+            registered[method] = self.wrap(method, handler)
+        return True
+
+    def wrap(self, method: str, handler: Any) -> Any:
+        """``handler`` (a ``grpc.RpcMethodHandler``) whose async behaviour is tracked."""
+        kind = _KINDS[handler.request_streaming, handler.response_streaming]
+        behaviour = self._tracked(method, getattr(handler, kind))
+        if behaviour is None:
+            return handler
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        return make(behaviour, handler.request_deserializer, handler.response_serializer)
+
+    def _tracked(self, method: str, behaviour: Any) -> Any:
+        # The same kind of callable as the original: grpc picks how to run it by kind.
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def replies(request: Any, context: Any) -> AsyncIterator[Any]:
+                with self._call(method, context):
+                    async with contextlib.aclosing(behaviour(request, context)) as inner:
+                        async for reply in inner:
+                            yield reply
+
+            return replies
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def call(request: Any, context: Any) -> Any:
+                with self._call(method, context):
+                    return await behaviour(request, context)
+
+            return call
+        return None
+
+    @contextlib.contextmanager
+    def _call(self, method: str, context: Any) -> Iterator[None]:
+        key = next(self._ids)
+        try:
+            peer = context.peer()
+        except Exception:  # a peer is a detail of the report, never a reason to fail a call
+            peer = "an unknown peer"
+        self.active[key] = f"call {method} from {peer}"
+        try:
+            yield
+        finally:
+            del self.active[key]
+
+
+_KINDS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+class _TrackedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # not generic at runtime
+    """A generic handler whose method handlers are tracked by :class:`_Calls`."""
+
+    def __init__(self, inner: Any, calls: _Calls) -> None:
+        self._inner = inner
+        self._calls = calls
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def service(self, handler_call_details: Any) -> Any:
+        """The inner handler's answer for this method, tracked (wrapped once per method)."""
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        seen = self._wrapped.get(method)
+        if seen is None or seen[0] is not handler:
+            if len(self._wrapped) >= 1024:  # a catch-all handler sees any method name
+                self._wrapped.clear()
+            seen = self._wrapped[method] = (handler, self._calls.wrap(method, handler))
+        return seen[1]
+
+
+def _handler_tables(server: grpc.aio.Server) -> tuple[list[Any], dict[str, Any]] | None:
+    """The generic handler list and registered method table of ``server``, or None.
+
+    ``grpc.aio.Server`` keeps them in its Cython core without an accessor; the
+    garbage collector's view of that core holds exactly one list (handlers
+    added with ``add_generic_rpc_handlers``) and one dict (``"/pkg.Service/Method"``
+    to handler, from ``add_registered_method_handlers``, which generated code
+    uses). Anything else means a grpc release moved them: None
+    (``tests/servers/test_grpc.py`` pins that they are found).
+    """
+    core = getattr(server, "_server", None)
+    refs = gc.get_referents(core) if core is not None else []
+    lists = [ref for ref in refs if type(ref) is list]
+    dicts = [ref for ref in refs if type(ref) is dict]
+    if len(lists) != 1 or len(dicts) != 1:
+        return None
+    generic, registered = lists[0], dicts[0]
+    if not all(callable(getattr(handler, "service", None)) for handler in generic):
+        return None
+    if not all(isinstance(m, str) and m.startswith("/") and m.count("/") == 2 for m in registered):
+        return None
+    return generic, registered
+
+
 def _service_names(server: grpc.aio.Server) -> list[str]:
     """The names of the services added to ``server``, best effort.
 
-    ``grpc.aio.Server`` keeps its handlers in its Cython core without an
-    accessor; the garbage collector's view of that core lists them. Should a
-    grpc release move them, this finds none and health covers only ``""``
-    (``tests/servers/test_grpc.py`` pins that it finds them).
+    Should a grpc release move its handler tables, this finds none and
+    health covers only ``""``.
     """
-    core = getattr(server, "_server", None)
-    names: set[str] = set()
-    for ref in gc.get_referents(core) if core is not None else ():
-        if isinstance(ref, list):  # generic handlers (add_generic_rpc_handlers)
-            for handler in ref:
-                if isinstance(handler, grpc.ServiceRpcHandler):
-                    names.add(handler.service_name())
-        elif isinstance(ref, dict):  # registered methods: "/pkg.Service/Method" -> handler
-            for method in ref:
-                if isinstance(method, str) and method.startswith("/") and method.count("/") == 2:
-                    names.add(method[1:].partition("/")[0])
+    tables = _handler_tables(server)
+    if tables is None:
+        return []
+    generic, registered = tables
+    names = {h.service_name() for h in generic if isinstance(h, grpc.ServiceRpcHandler)}
+    names.update(method[1:].partition("/")[0] for method in registered)
     return sorted(names)
 
 
@@ -297,14 +478,14 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _bind_error(host: str, port: int) -> OSError:
+def _bind_error(host: str, port: int) -> str:
     """Why ``host:port`` cannot be bound, found by trying it (grpc only says that it failed)."""
-    cause, code = "grpc could not bind it", 0
+    cause = "grpc could not bind it"
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
             probe.bind(addr)
     except OSError as exc:
-        cause, code = exc.strerror or str(exc), exc.errno or 0
-    return OSError(code, f"cannot bind grpc://{_address(host, port)}: {cause}")
+        cause = exc.strerror or str(exc)
+    return f"cannot bind grpc://{_address(host, port)}: {cause}"
