@@ -204,8 +204,9 @@ class FileRegistry:
         """Stop the heartbeat and delete the file; watchers see it gone at their next poll.
 
         Raises:
-            RegistryError: the file exists but cannot be deleted, or the directory is
-                refused (nothing in it is touched then).
+            RegistryError: the file exists but cannot be deleted, or the directory
+                was refused after this registry wrote the file (nothing in it is
+                touched; the file may still be listed until it goes stale).
 
         """
         task = self._heartbeats.pop((instance.name, instance.id), None)
@@ -220,6 +221,13 @@ class FileRegistry:
                 self._folder(instance.name, create=False) as folder,
             ):
                 os.unlink(path.name, dir_fd=folder)
+        except UnsafeDirectoryError as exc:
+            if task is None:
+                # Never registered here (the App deregisters after a refused register
+                # too): nothing of ours is in it, and nothing in it is touched.
+                logger.debug("%r: not deregistering %s: %s", self, instance.id, exc)
+                return
+            raise RegistryError(f"{self!r}: {instance.id} may still be listed: {exc}") from exc
         except OSError as exc:
             raise RegistryError(f"{self!r}: cannot delete {path}: {exc}") from exc
 
