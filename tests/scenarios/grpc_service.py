@@ -7,7 +7,7 @@
 The test service (``quiesce.test.Echo``) is built with
 ``grpc.method_handlers_generic_handler`` and raw bytes, so no generated
 code is needed: ``Sleep`` takes a number of seconds, sleeps that long and
-answers with the same bytes.
+answers with the same bytes; ``Feed`` streams ``first`` and then never ends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -24,6 +24,7 @@ from quiesce.servers.grpc import GRPCServer
 
 SERVICE = "quiesce.test.Echo"
 SLEEP = f"/{SERVICE}/Sleep"
+FEED = f"/{SERVICE}/Feed"
 
 
 def event(what: str) -> None:
@@ -38,10 +39,22 @@ async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes])
     return request
 
 
+async def feed(
+    request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+) -> AsyncIterator[bytes]:
+    yield b"first"
+    event("feed-waiting")
+    await asyncio.Event().wait()  # ignores app.stopping: only the stop's cut ends it
+
+
 def echo_handler() -> grpc.GenericRpcHandler[bytes, bytes]:
     """The test service as a generic handler: bytes in, bytes out."""
     return grpc.method_handlers_generic_handler(
-        SERVICE, {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)}
+        SERVICE,
+        {
+            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+            "Feed": grpc.unary_stream_rpc_method_handler(feed),
+        },
     )
 
 
@@ -75,7 +88,15 @@ def port_in_use(app: App) -> None:
     app.servers = [ProbeGRPC(build, port=int(sys.argv[3]), name="rpc")]
 
 
-CASES: dict[str, Callable[[App], None]] = {f.__name__: f for f in (serve, port_in_use)}
+def endless_stream(app: App) -> None:
+    # The defaults: no stop_timeout on the server, only the app's (small) budget.
+    app.stop_timeout = 2.0
+    app.servers = [ProbeGRPC(build, port=0)]
+
+
+CASES: dict[str, Callable[[App], None]] = {
+    f.__name__: f for f in (serve, port_in_use, endless_stream)
+}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import Service, check_port_in_use_fails_start
-from scenarios.grpc_service import SLEEP
+from scenarios.grpc_service import FEED, SLEEP
 
 MODULE = "tests.scenarios.grpc_service"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -109,3 +110,25 @@ async def test_sigterm_flips_health_finishes_calls_then_refuses(service: Start) 
 
 def test_port_in_use_exits_1_naming_server_and_port(service: Start) -> None:
     check_port_in_use_fails_start(service, MODULE, "port_in_use", "rpc")
+
+
+async def test_sigterm_names_the_endless_stream_cut_on_the_defaults(service: Start) -> None:
+    # No stop_timeout on the server, stop_timeout=2 on the app: the server's own cut
+    # must fire first and name the stream, not the stop_servers step's backstop.
+    svc = service(MODULE, "endless_stream")
+    target = await until(r"EVENT ready grpc://(127\.0\.0\.1:\d+) ", svc)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stream = channel.unary_stream(FEED, None, None)(b"")
+        assert await stream.read() == b"first"
+        await until(r"EVENT feed-waiting ", svc)
+        sent = svc.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(svc.wait) == 3, svc.output
+        assert await stream.code() != grpc.StatusCode.OK
+    assert svc.exit_time is not None
+    assert svc.exit_time - sent < 2.0 + 1.5, "bounded by the app's stop_timeout"
+    stop = svc.phase("stop_servers")
+    assert stop["outcome"] == "timeout", stop
+    (cut,) = stop["cut"]
+    assert re.fullmatch(
+        rf"server grpc: call {FEED} from ipv4:127\.0\.0\.1:\d+ cancelled at .*", cut
+    )
