@@ -20,8 +20,17 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    MutableSet,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -97,7 +106,7 @@ class HTTPServer:
         self.host = host
         self.port = port
         self.name = name
-        self.depends_on = tuple(depends_on)
+        self.depends_on: Sequence[str] = tuple(depends_on)
         self.stop_timeout = stop_timeout
         self.uvicorn_options = {"log_config": None, **uvicorn_options}
         self._gate = _Gate(asgi_app, health_path, ready_path)
@@ -153,7 +162,8 @@ class HTTPServer:
         config = self._config()
         server = uvicorn.Server(config)
         # Track connections in a set that says when it empties: the stop waits on that.
-        server.server_state.connections = self._connections
+        # uvicorn only adds, removes, iterates and counts: a MutableSet does all of that.
+        server.server_state.connections = self._connections  # type: ignore[assignment]
         try:
             config.load()
             server.lifespan = lifespan = config.lifespan_class(config)
@@ -264,14 +274,14 @@ class HTTPServer:
 
     async def _cut(self, server: uvicorn.Server) -> list[str]:
         cut: list[str] = []
-        websockets = []
         for connection in list(self._connections):
             cycle = getattr(connection, "cycle", None)
             scope = cycle.scope if cycle is not None else getattr(connection, "scope", None)
-            if cycle is None and scope is not None:
-                websockets.append(connection)
             if scope is not None and (cycle is None or not cycle.response_complete):
                 cut.append(_describe(scope))
+            elif scope is not None and (unsent := _unsent(connection.transport)):
+                # The app finished, the client did not read it all: the abort loses the rest.
+                cut.append(_describe(scope, unsent))
             if cycle is not None:
                 # Abort first: the cancelled handler then finds its client gone and
                 # uvicorn stays quiet instead of logging a traceback per request.
@@ -371,30 +381,84 @@ def _closing(send: Send) -> Send:
     return closing_send
 
 
-def _describe(scope: Scope) -> str:
+def _describe(scope: Scope, unsent: int = 0) -> str:
     client = scope.get("client")
-    peer = f" from {client[0]}:{client[1]}" if client else ""
+    where = f"{client[0]}:{client[1]}" if client else "?"
+    what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
     if scope.get("type") == "websocket":
-        return f"websocket {scope.get('path', '?')}{peer} [closed 1001]"
-    return f"request {scope.get('method', '?')} {scope.get('path', '?')}{peer} [cut]"
+        return f"websocket {scope.get('path', '?')} from {where} [closed 1001]"
+    if unsent:
+        return f"response {what} to {where} [cut: {unsent} bytes unsent]"
+    return f"request {what} from {where} [cut]"
 
 
-class _ConnectionSet(set[Any]):
-    """uvicorn's connection set, able to say when it becomes empty (no polling)."""
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes written to ``transport`` that its peer has not acknowledged: ours and the kernel's."""
+    buffered = getattr(transport, "get_write_buffer_size", lambda: 0)()
+    if not buffered:
+        return 0
+    sock = transport.get_extra_info("socket")
+    # What the kernel holds is lost too (the abort resets the connection); Linux says how much.
+    with contextlib.suppress(ImportError, AttributeError, OSError, ValueError):
+        import fcntl
+        import termios
+
+        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        buffered += int.from_bytes(queued, sys.byteorder)
+    return int(buffered)
+
+
+class _ConnectionSet(MutableSet[Any]):
+    """uvicorn's connection set, able to say when it becomes empty (no polling).
+
+    Not a ``set`` subclass: one of those wakes the stop only from the methods it
+    overrides (uvicorn's WebSocket protocols leave with ``remove()``, which a
+    subclass of ``set`` overriding ``discard()`` never saw). Here the items live
+    in a private set that only :meth:`add` and :meth:`discard` touch, and every
+    other way out (remove, pop, clear, -=, &=, ^=, the ``*_update`` methods)
+    goes through :meth:`discard`, so the event cannot miss.
+    """
 
     def __init__(self) -> None:
-        super().__init__()
+        self._items: set[Any] = set()
         self._empty = asyncio.Event()
+        self._empty.set()
+
+    @classmethod
+    def _from_iterable(cls, items: Iterable[Any]) -> set[Any]:
+        return set(items)  # what a - b and the other operators make: a plain set
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Any) -> None:
+        self._items.add(item)
+        self._empty.clear()
 
     def discard(self, item: Any) -> None:
-        super().discard(item)
-        if not self:
+        self._items.discard(item)
+        if not self._items:
             self._empty.set()
 
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        for other in others:
+            self -= set(other)
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        for other in others:
+            self &= set(other)
+
+    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        self ^= set(other)
+
     async def wait_empty(self) -> None:
-        while self:
-            self._empty.clear()
-            await self._empty.wait()
+        await self._empty.wait()
 
 
 class _LifespanLog:
