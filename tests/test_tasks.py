@@ -1,37 +1,128 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import sys
 
 import pytest
 
 from quiesce import App, ExitCode, Outcome
-from quiesce.tasks import HANDOFF_TIMEOUT, task_stack
+from quiesce.phases import PhaseRecord
+from quiesce.tasks import FAILURES_KEPT, HANDOFF_TIMEOUT, TaskTracker, describe_task, task_stack
 
 
-async def test_failed_tracked_task_is_logged_with_its_name(
+async def test_failed_tracked_task_is_logged_when_it_fails_and_makes_the_stop_incomplete(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = App(name="svc")
+    logged_before_stop: list[logging.LogRecord] = []
+    spawned_at: list[int] = []
 
     async def breaks() -> None:
         raise ValueError("lost the receipt")
 
     async def run() -> None:
         await app.ready
+        spawned_at.append(sys._getframe().f_lineno + 1)
         task = app.spawn(breaks(), name="receipt-7")
         await asyncio.wait({task})
+        logged_before_stop.extend(r for r in caplog.records if "receipt-7" in r.getMessage())
         app.stop()
 
     runner = asyncio.create_task(run())
     with caplog.at_level(logging.ERROR, logger="quiesce.lifecycle"):
         report = await app.serve()
     await runner
-    assert report.exit_code == ExitCode.OK
-    assert any(
-        "tracked task receipt-7 failed" in r.getMessage() and "lost the receipt" in r.getMessage()
-        for r in caplog.records
+    site = f"tests/test_tasks.py:{spawned_at[0]}"
+    (logged,) = logged_before_stop
+    assert logged.getMessage() == (
+        f"tracked task 'receipt-7' spawned at {site} failed: ValueError: lost the receipt"
     )
+    assert logged.exc_info is not None
+    assert str(logged.exc_info[1]) == "lost the receipt"
+    failures = [r for r in caplog.records if r.exc_info and "lost the receipt" in r.getMessage()]
+    assert failures == [logged], "logged once, when it failed; not again at the stop"
+    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    assert tasks.outcome is Outcome.ERROR
+    assert tasks.errors == [f"task 'receipt-7' spawned at {site}: ValueError: lost the receipt"]
+    assert report.exit_code == ExitCode.INCOMPLETE
+
+
+async def test_failing_periodic_job_makes_the_tasks_phase_an_error() -> None:
+    app = App(name="svc")
+    calls: list[int] = []
+    twice = asyncio.Event()
+
+    def refresh_prices() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            twice.set()
+        if len(calls) == 1:
+            raise RuntimeError("price feed down")
+
+    _ = app.every(0.01, refresh_prices, name="refresh_prices")
+
+    async def run() -> None:
+        await app.ready
+        async with asyncio.timeout(5):
+            await twice.wait()
+        app.stop()
+
+    runner = asyncio.create_task(run())
+    report = await app.serve()
+    await runner
+    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    assert tasks.outcome is Outcome.ERROR
+    (line,) = tasks.errors
+    assert line.startswith("periodic job 'refresh_prices' failed 1 of ")
+    assert line.endswith(" runs: RuntimeError: price feed down")
+    assert report.exit_code == ExitCode.INCOMPLETE
+
+
+async def test_tasks_cancelled_by_the_user_are_not_errors_nor_warnings() -> None:
+    # Regression guard for the failure wrapper: a task cancelled before its first step
+    # never runs the wrapper, whose user coroutine must still be closed (no
+    # "never awaited" RuntimeWarning, an error under filterwarnings=error).
+    app = App(name="svc")
+
+    async def work() -> None:
+        await asyncio.sleep(30)
+
+    async def run() -> None:
+        await app.ready
+        early = app.spawn(work(), name="early")
+        early.cancel()
+        started = app.spawn(work(), name="started")
+        await asyncio.sleep(0)
+        started.cancel()
+        await asyncio.wait({early, started})
+        app.stop()
+
+    runner = asyncio.create_task(run())
+    report = await app.serve()
+    await runner
+    gc.collect()
+    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    assert tasks.outcome is Outcome.OK, tasks
+    assert report.exit_code == ExitCode.OK
+
+
+async def test_tracker_many_failures_keep_the_first_in_full_and_count_the_rest() -> None:
+    tracker = TaskTracker()
+    tracker.bind(asyncio.get_running_loop())
+
+    async def breaks(n: int) -> None:
+        raise KeyError(n)
+
+    tasks = [tracker.spawn(breaks(n), f"t{n}") for n in range(FAILURES_KEPT + 5)]
+    await asyncio.wait(tasks)
+    record = PhaseRecord("tasks", 0.0)
+    await tracker.stop(record, budget=1.0, cancel_grace=0.1)
+    assert record.outcome is Outcome.ERROR
+    assert len(record.errors) == FAILURES_KEPT + 1
+    assert record.errors[0].startswith("task 't0' spawned at tests/test_tasks.py:")
+    assert record.errors[-1] == "5 more tracked tasks failed (see the log)"
 
 
 async def test_spawn_from_a_sync_hook_thread_is_tracked() -> None:
@@ -139,6 +230,7 @@ async def test_deadline_cuts_and_names_the_task_with_its_await_chain() -> None:
     assert "task 'slow-export' spawned at tests/test_tasks.py:" in cut
     assert "in inner <- " in cut
     assert "in outer" in cut
+    assert "_run" not in cut, "the tracker's wrapper is not part of the user's stack"
     assert cut.endswith("[cancelled]")
     assert report.exit_code == ExitCode.INCOMPLETE
     assert report.stop_duration < 1.0 + 0.3
@@ -159,3 +251,22 @@ async def test_task_stack_follows_nested_awaits() -> None:
     gate.set()
     await task
     assert [frame.rsplit(" in ", 1)[1] for frame in stack][:3] == ["root", "leaf", "wait"]
+
+
+async def test_describe_task_of_a_tracked_task_finds_its_spawn_site_alone() -> None:
+    # signals.py dumps every task of the loop with describe_task(task), no site given.
+    tracker = TaskTracker()
+    tracker.bind(asyncio.get_running_loop())
+    gate = asyncio.Event()
+
+    async def export() -> None:
+        await gate.wait()
+
+    line = sys._getframe().f_lineno + 1
+    task = tracker.spawn(export(), "export")
+    await asyncio.sleep(0)
+    text = describe_task(task)
+    gate.set()
+    await task
+    assert text.startswith(f"task 'export' spawned at tests/test_tasks.py:{line} at ")
+    assert text.endswith("in export")

@@ -2,7 +2,12 @@
 
 Only tracked work is waited for at stop; other tasks of the loop are not
 (aiohttp tried waiting for every task and reverted it). Each task remembers
-where it was spawned, so the report can name what the deadline cut.
+where it was spawned, so the report can name what the deadline cut, and a
+task that fails is logged when it fails and kept as an error of the stop.
+
+Whether a spawn is accepted is decided on the loop, where the task phase
+closes: once it has closed (idle, or its cut has begun) every spawn raises
+:class:`StoppedError`, so no accepted task outlives the report unnamed.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -19,19 +25,25 @@ from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType, TracebackType
 from typing import Any, TypeVar
 
-from quiesce.errors import StoppedError
+from quiesce.errors import StoppedError, describe
 from quiesce.hooks import call, callable_name
-from quiesce.phases import PhaseRecord
+from quiesce.phases import Outcome, PhaseRecord
 
 __all__ = ["Guard", "PeriodicJob", "TaskTracker", "describe_task", "task_stack"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
+#: A tracked task's spawn site (code, line) and its coroutine, kept so that a task
+#: cancelled before its first step can close it (no "never awaited" warning).
+Entry = tuple[CodeType, int, Coroutine[Any, Any, Any]]
 
 #: How long spawn() from another thread waits for the loop to create the task.
 HANDOFF_TIMEOUT = 5.0
 #: Fewest tracked tasks before finished ones are swept away.
 SWEEP_MIN = 64
+#: Failed tasks kept in full for the report; beyond that they are only counted
+#: (each keeps its traceback and frames alive).
+FAILURES_KEPT = 20
 
 
 class TaskTracker:
@@ -39,7 +51,7 @@ class TaskTracker:
 
     def __init__(self) -> None:
         # task -> (code, line) of the spawn call: cheap to take, formatted only when reported.
-        self._tasks: dict[asyncio.Task[Any], tuple[CodeType, int]] = {}
+        self._tasks: dict[asyncio.Task[Any], Entry] = {}
         self._closed = False
         self._lock = threading.Lock()
         self._guards: dict[int, str] = {}
@@ -50,7 +62,10 @@ class TaskTracker:
         self._jobs_stop: asyncio.Event | None = None
         # Finished tasks are dropped in amortised sweeps instead of a done-callback per
         # task: a callback costs a loop handle per task, half again a bare create_task.
+        # Failures are caught by a wrapper coroutine instead (about a tenth more).
         self._sweep_at = SWEEP_MIN
+        self._failures: list[tuple[str, BaseException]] = []
+        self._failed = 0
 
     # -- spawn ---------------------------------------------------------------
 
@@ -65,29 +80,57 @@ class TaskTracker:
         """
         if not asyncio.iscoroutine(coro):
             raise TypeError(f"spawn() needs a coroutine, like spawn(work()), not {coro!r}")
-        if self._closed:
+        if self._closed:  # only a shortcut: _create() decides, on the loop
             coro.close()
             raise StoppedError("spawn() after the task phase of the stop has ended")
         caller = sys._getframe(depth)
         site = (caller.f_code, caller.f_lineno)
+        owner = self._loop
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            owner = self._loop
-            if owner is None:
+            loop = None
+        if loop is not None and (owner is None or loop is owner):
+            return self._create(loop, coro, name, site)
+        if owner is None:
+            coro.close()
+            raise RuntimeError("spawn() before the app runs: there is no loop yet")
+        return self._handoff(owner, coro, name, site)
+
+    def _handoff(
+        self,
+        owner: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, T],
+        name: str | None,
+        site: tuple[CodeType, int],
+    ) -> asyncio.Task[T]:
+        """Have the app's loop create the task; wait for its answer, bounded."""
+        handoff: concurrent.futures.Future[asyncio.Task[T]] = concurrent.futures.Future()
+
+        def create() -> None:
+            # False when the caller gave up waiting: it was told the task did not start.
+            if not handoff.set_running_or_notify_cancel():
                 coro.close()
-                raise RuntimeError("spawn() before the app runs: there is no loop yet") from None
-            handoff: concurrent.futures.Future[asyncio.Task[T]] = concurrent.futures.Future()
+                return
+            try:
+                handoff.set_result(self._create(owner, coro, name, site))
+            except BaseException as exc:  # the caller's thread raises it, not the loop
+                handoff.set_exception(exc)
 
-            def create() -> None:
-                try:
-                    handoff.set_result(self._create(owner, coro, name, site))
-                except BaseException as exc:  # the caller's thread raises it, not the loop
-                    handoff.set_exception(exc)
-
+        try:
             owner.call_soon_threadsafe(create)
+        except RuntimeError:  # the loop has closed: the app is over
+            coro.close()
+            raise StoppedError("spawn() after the app's loop has closed") from None
+        try:
             return handoff.result(timeout=HANDOFF_TIMEOUT)
-        return self._create(loop, coro, name, site)
+        except TimeoutError:
+            if not handoff.cancel():  # create() is running: its answer is a moment away
+                return handoff.result(timeout=HANDOFF_TIMEOUT)
+            raise TimeoutError(
+                f"spawn(): the loop did not take the task within {HANDOFF_TIMEOUT:g}s;"
+                " it was not started"
+            ) from None
 
     def _create(
         self,
@@ -96,20 +139,45 @@ class TaskTracker:
         name: str | None,
         site: tuple[CodeType, int],
     ) -> asyncio.Task[T]:
-        task = loop.create_task(coro, name=name)
+        # On the loop, as is every close of the phase: the decision cannot go stale.
+        if self._closed:
+            coro.close()
+            raise StoppedError("spawn() after the task phase of the stop has ended")
+        entry = (site[0], site[1], coro)
+        task = loop.create_task(self._run(entry), name=name)
         tasks = self._tasks
-        tasks[task] = site
+        tasks[task] = entry
         if len(tasks) >= self._sweep_at:
             self._sweep()
         return task
 
+    async def _run(self, entry: Entry) -> Any:
+        # A wrapper, not a done-callback: no loop handle per task, and the failure is
+        # logged from inside the task, when it happens, not at the next sweep.
+        try:
+            return await entry[2]
+        except Exception as exc:
+            task = asyncio.current_task()
+            what = f"task {task.get_name() if task else '?'!r} spawned at {_where(*entry[:2])}"
+            logger.error("tracked %s failed: %s", what, describe(exc), exc_info=exc)
+            self._failed += 1
+            if len(self._failures) < FAILURES_KEPT:
+                self._failures.append((what, exc))
+            raise
+
     def _sweep(self) -> None:
-        """Forget finished tasks, logging those that failed; O(1) amortised per spawn."""
+        """Forget finished tasks; O(1) amortised per spawn."""
         done = [task for task in self._tasks if task.done()]
         for task in done:
-            del self._tasks[task]
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                logger.error("tracked task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            coro = self._tasks.pop(task)[2]
+            if task.cancelled():
+                # Cancelled before its first step, _run() never awaited it; closing it
+                # spares the user a "never awaited" warning (a no-op once it ran).
+                coro.close()
+            else:
+                # _run() logged a failure already; retrieving it keeps asyncio from
+                # logging it again ("exception was never retrieved").
+                task.exception()
         self._sweep_at = max(SWEEP_MIN, 2 * len(self._tasks))
 
     # -- guard ---------------------------------------------------------------
@@ -177,8 +245,14 @@ class TaskTracker:
 
         Waits at most ``budget`` seconds, then cancels the remaining tasks and
         gives them ``cancel_grace`` seconds to unwind. Everything that had to
-        be cancelled is recorded as cut, with its stack. Afterwards
-        :meth:`spawn` and :meth:`guard` raise :class:`StoppedError`.
+        be cancelled is recorded as cut, with its stack; every task or periodic
+        job that failed is recorded as an error. Afterwards :meth:`spawn` and
+        :meth:`guard` raise :class:`StoppedError`.
+
+        Raises:
+            asyncio.CancelledError: the stop itself was cancelled (a forced end);
+                what was left is cancelled and recorded as cut first.
+
         """
         assert self._jobs_stop is not None, "bind() first"
         self._jobs_stop.set()
@@ -188,9 +262,42 @@ class TaskTracker:
                 await self._wait_idle()
         except TimeoutError:
             await self._cut(record, cancel_grace)
+        except asyncio.CancelledError:
+            # Cut from outside (a force, or the step's backstop fired first): there is
+            # no time to wait, but what is left is still named, and not named again later.
+            self._close()
+            self._sweep()
+            for task, entry in self._tasks.items():
+                record.timed_out(f"{describe_task(task, entry)} [cancelled, not awaited]")
+                _cancel(task, entry)
+            self._tasks.clear()
+            raise
         finally:
-            with self._lock:
-                self._closed = True
+            self._close()
+            self.record_failures(record)
+
+    def record_failures(self, record: PhaseRecord) -> None:
+        """Keep every failure so far (tasks, periodic jobs) as an error of ``record``, once.
+
+        They were logged with their tracebacks when they happened; the record
+        gets one line each.
+        """
+        for what, exc in self._failures:
+            record.error(what, exc, log=False)
+        if (more := self._failed - len(self._failures)) > 0:
+            record.errors.append(f"{more} more tracked tasks failed (see the log)")
+            record.mark(Outcome.ERROR)
+        self._failures.clear()
+        self._failed = 0
+        for job in self._jobs:
+            if job.failures and job.last_error is not None:
+                what = f"periodic job {job.name!r} failed {job.failures} of {job.runs} runs"
+                record.error(what, job.last_error, log=False)
+                job.failures = 0
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
 
     async def _wait_idle(self) -> None:
         assert self._changed is not None
@@ -201,21 +308,30 @@ class TaskTracker:
                 await asyncio.wait(list(self._tasks))
                 continue
             self._changed.clear()
-            if not self._guards:
-                return
+            with self._lock:
+                # Idle and closed in one step: a guard entered in between would go unseen.
+                if not self._guards:
+                    self._closed = True
+                    return
             await self._changed.wait()
 
     async def _cut(self, record: PhaseRecord, grace: float) -> None:
+        # Closed before the cancel: a task spawned from a cancelled task's cleanup would
+        # be neither cancelled nor waited for. The spawn raises StoppedError in it instead.
+        self._close()
         self._sweep()
         # Where each task was at the deadline: once cancelled and unwound it has no stack.
-        described = {task: describe_task(task, site) for task, site in self._tasks.items()}
-        for task in described:
-            task.cancel()
-        if described and grace > 0:
-            await asyncio.wait(described, timeout=grace)
-        for task, where in described.items():
-            state = "ignored cancellation" if not task.done() else "cancelled"
-            record.timed_out(f"{where} [{state}]")
+        described = {task: describe_task(task, entry) for task, entry in self._tasks.items()}
+        for task, entry in self._tasks.items():
+            _cancel(task, entry)
+        try:
+            if described and grace > 0:
+                await asyncio.wait(described, timeout=grace)
+        finally:  # named even when a force cuts the grace short
+            for task, where in described.items():
+                state = "ignored cancellation" if not task.done() else "cancelled"
+                record.timed_out(f"{where} [{state}]")
+        self._sweep()
         with self._lock:
             guards = list(self._guards.values())
         for name in guards:
@@ -228,8 +344,8 @@ class TaskTracker:
         cut = self.pending()
         if self._jobs_stop is not None:
             self._jobs_stop.set()
-        for task in list(self._tasks):
-            task.cancel()
+        for task, entry in self._tasks.items():
+            _cancel(task, entry)
         return cut
 
 
@@ -266,7 +382,8 @@ class PeriodicJob:
     """``fn`` run every ``seconds`` (fixed rate, missed ticks skipped) until the stop.
 
     At the stop a running iteration finishes; no new one starts. An iteration
-    that raises is logged and the job goes on.
+    that raises is logged and the job goes on; the stop records the job as
+    failed (``failures`` of ``runs``, with the last error).
     """
 
     def __init__(
@@ -277,6 +394,8 @@ class PeriodicJob:
         self.fn = fn
         self.name = name
         self.runs = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self, tracker: TaskTracker, stop: asyncio.Event) -> None:
@@ -290,8 +409,12 @@ class PeriodicJob:
         while not stop.is_set():
             try:
                 await call(self.fn)
-            except Exception:
-                logger.exception("periodic job %s failed", self.name)
+            except Exception as exc:
+                logger.exception(
+                    "periodic job %s (declared at %s) failed", self.name, _where(*self.site)
+                )
+                self.failures += 1
+                self.last_error = exc
             self.runs += 1
             now = time.monotonic()
             next_run += self.seconds
@@ -316,20 +439,40 @@ def task_stack(task: asyncio.Task[Any]) -> list[str]:
         frame: FrameType | None = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:
             break
-        frames.append(f"{_where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}")
+        if frame.f_code is not _RUN_CODE:  # the tracker's wrapper is not the user's stack
+            frames.append(f"{_where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return frames
 
 
-def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | None = None) -> str:
-    """One line: the task's name, where it was spawned and where it is now."""
+def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | Entry | None = None) -> str:
+    """One line: the task's name, where it was spawned and where it is now.
+
+    A tracked task knows its spawn site when ``site`` is not given (a dump of
+    every task of the loop).
+    """
+    if site is None:
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_code is _RUN_CODE:
+            site = frame.f_locals.get("entry")
     text = f"task {task.get_name()!r}"
     if site is not None:
-        text += f" spawned at {_where(*site)}"
+        text += f" spawned at {_where(site[0], site[1])}"
     stack = task_stack(task)
     if stack:
         text += " at " + " <- ".join(reversed(stack))
     return text
+
+
+_RUN_CODE = TaskTracker._run.__code__
+
+
+def _cancel(task: asyncio.Task[Any], entry: Entry) -> None:
+    """Cancel a tracked task that may not be swept again (the stop is ending)."""
+    task.cancel()
+    wrapper: Any = task.get_coro()
+    if inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED:
+        entry[2].close()  # its wrapper never ran: nothing else will close it
 
 
 def _where(code: CodeType, line: int) -> str:
