@@ -208,7 +208,7 @@ async def test_stop_response_still_buffered_at_the_timeout_is_named_as_cut() -> 
     (line,) = cut
     assert line.startswith("response GET /big to 127.0.0.1:"), line
     unsent = int(line.split("[cut: ")[1].split()[0])
-    assert BIG - received <= unsent <= BIG, (received, unsent)
+    assert unsent == BIG - received  # the kernel delivers what it holds; the buffer is lost
     assert took < 0.5 + 0.5
 
 

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import socket
-import sys
 import time
 from collections.abc import (
     Awaitable,
@@ -393,19 +392,12 @@ def _describe(scope: Scope, unsent: int = 0) -> str:
 
 
 def _unsent(transport: asyncio.BaseTransport) -> int:
-    """Bytes written to ``transport`` that its peer has not acknowledged: ours and the kernel's."""
-    buffered = getattr(transport, "get_write_buffer_size", lambda: 0)()
-    if not buffered:
-        return 0
-    sock = transport.get_extra_info("socket")
-    # What the kernel holds is lost too (the abort resets the connection); Linux says how much.
-    with contextlib.suppress(ImportError, AttributeError, OSError, ValueError):
-        import fcntl
-        import termios
+    """Bytes still in ``transport``'s buffer: what aborting it loses.
 
-        queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-        buffered += int.from_bytes(queued, sys.byteorder)
-    return int(buffered)
+    What the kernel already holds is not counted: closing the socket lets the
+    kernel deliver it (measured: a client read all of it after the abort).
+    """
+    return int(getattr(transport, "get_write_buffer_size", lambda: 0)())
 
 
 class _ConnectionSet(MutableSet[Any]):
