@@ -146,10 +146,14 @@ def test_from_url_malformed_host_is_one_config_error_line(url: str, message: str
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("endpoint", ["http://[::1", "127.0.0.1:2379", "http://:2379", 2379])
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://[::1", "127.0.0.1:2379", "http://:2379", 2379, "http://admin:s3cr3t@127.0.0.1:2379"],
+)
 def test_etcd_constructor_bad_endpoint_is_a_config_error(endpoint: object) -> None:
-    with pytest.raises(ConfigError, match="etcd registry: "):
+    with pytest.raises(ConfigError, match="etcd registry: ") as info:
         EtcdRegistry([endpoint])  # type: ignore[list-item]
+    assert "s3cr3t" not in str(info.value)
 
 
 # -- service names --------------------------------------------------------------------------

@@ -723,7 +723,8 @@ def _check_client_url(endpoint: object) -> None:
     """Refuse a member URL httpx could only fail on at the first request.
 
     Raises:
-        ConfigError: not a string, not ``http://`` or ``https://``, no host, or a bad port.
+        ConfigError: not a string, not ``http://`` or ``https://``, no host, a bad
+            port, or credentials in it.
 
     """
     if not isinstance(endpoint, str):
@@ -734,6 +735,11 @@ def _check_client_url(endpoint: object) -> None:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"etcd registry: bad endpoint {safe!r} ({exc})") from None
+    if "@" in parts.netloc:
+        # It would be shown by repr() and every error naming the member.
+        raise ConfigError(
+            f"etcd registry: endpoint {safe!r}: give username= and password=, not user@host"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise ConfigError(
             f"etcd registry: bad endpoint {safe!r} (expected http[s]://host:port, "
