@@ -1,11 +1,15 @@
 """An HTTP service on the embedded uvicorn, for the HTTP scenario tests.
 
-``python -m tests.scenarios.http_service CASE REPORT_FILE PORT [DRAIN_DELAY [STOP_TIMEOUT]]``.
+``python -m tests.scenarios.http_service CASE REPORT_FILE PORT [DRAIN [STOP_TIMEOUT [BUDGET]]]``.
+
+STOP_TIMEOUT is the HTTP server's own (``none``: the default, none of its own);
+BUDGET is the app's ``stop_timeout`` (10 s by default).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import sys
 from collections.abc import AsyncIterator
@@ -13,9 +17,9 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quiesce import App
 from quiesce.servers.asgi import HTTPServer
@@ -25,9 +29,13 @@ case, report_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 drain_delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-stop_timeout = float(sys.argv[5]) if len(sys.argv) > 5 else None
+stop_timeout = float(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "none" else None
+budget = float(sys.argv[6]) if len(sys.argv) > 6 else 10.0
+BIG = 20 * 1024 * 1024
 
-app = App(name=f"http-{case}", drain_delay=drain_delay, stop_timeout=10.0, report_file=report_file)
+app = App(
+    name=f"http-{case}", drain_delay=drain_delay, stop_timeout=budget, report_file=report_file
+)
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -37,6 +45,10 @@ async def hello(request: Request) -> PlainTextResponse:
 async def slow(request: Request) -> PlainTextResponse:
     await asyncio.sleep(float(request.query_params.get("s", "1")))
     return PlainTextResponse("slow done")
+
+
+async def big(request: Request) -> Response:
+    return Response(b"x" * BIG, media_type="application/octet-stream")
 
 
 async def in_flight(request: Request) -> PlainTextResponse:
@@ -49,6 +61,15 @@ async def ws_polite(websocket: WebSocket) -> None:
     await app.stopping
     await websocket.send_text("bye")
     await websocket.close(code=1000)
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    """Echo until the client leaves; ignores app.stopping (the client closes first)."""
+    await websocket.accept()
+    await websocket.send_text("hello")
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.send_text(await websocket.receive_text())
 
 
 async def ws_stubborn(websocket: WebSocket) -> None:
@@ -67,6 +88,8 @@ routes = [
     Route("/", hello),
     Route("/slow", slow),
     Route("/in-flight", in_flight),
+    Route("/big", big),
+    WebSocketRoute("/ws-echo", ws_echo),
     WebSocketRoute("/ws-polite", ws_polite),
     WebSocketRoute("/ws-stubborn", ws_stubborn),
 ]

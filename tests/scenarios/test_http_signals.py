@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import time
@@ -16,6 +17,7 @@ from conftest import Service, check_port_in_use_fails_start
 
 MODULE = "tests.scenarios.http_service"
 WARM_UP = 200  # successful requests before the signal
+BIG = 20 * 1024 * 1024  # the size of /big
 Start = Callable[..., Service]
 
 
@@ -200,3 +202,101 @@ def test_lifespan_startup_failure_exits_1_with_one_line(service: Start, free_por
     assert "server 'http'" in errors[0]
     assert "database is unreachable" in errors[0]
     assert "Traceback" not in svc.output
+
+
+async def listener_closed(port: int, seconds: float) -> bool:
+    """Whether connecting to ``port`` is refused within ``seconds``: the server's stop began."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return True
+        writer.close()
+        await asyncio.sleep(0.005)
+    return False
+
+
+def test_websocket_closed_1000_right_after_the_stop_began_stops_at_once(
+    service: Start, free_port: int
+) -> None:
+    # The defaults: no stop_timeout on the server, the app's 10 s budget.
+    svc = started(service, "ws_echo", free_port)
+
+    async def scenario() -> float:
+        async with websockets.connect(f"ws://127.0.0.1:{free_port}/ws-echo") as ws:
+            assert await ws.recv() == "hello"
+            sent = svc.signal(signal.SIGTERM)
+            # Close once the server is stopping (its listener is closed), not before.
+            assert await listener_closed(free_port, 5.0)
+            await ws.close(code=1000)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert svc.wait() == 0, svc.output
+    assert svc.exit_time is not None
+    assert svc.exit_time - sent < 1.5, f"exited {svc.exit_time - sent:.2f}s after SIGTERM"
+    phase = svc.phase("stop_servers")
+    assert phase["outcome"] == "ok", phase
+    assert phase["duration"] < 1.0, phase
+
+
+def stalled_download(port: int) -> socket.socket:
+    """Ask for /big on a socket with a small receive buffer; return once its first byte is in.
+
+    The app writes the body in one go right after the headers, so from here on the
+    response is complete for the app and sits in the server's buffer.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nhost: test\r\n\r\n")
+    assert sock.recv(1, socket.MSG_PEEK)
+    return sock
+
+
+def body_received(sock: socket.socket) -> int:
+    data = bytearray()
+    with contextlib.suppress(ConnectionResetError), sock:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    return len(bytes(data).partition(b"\r\n\r\n")[2])
+
+
+def check_big_response_cut(svc: Service, port: int) -> None:
+    sock = stalled_download(port)
+    svc.signal(signal.SIGTERM)
+    code = svc.wait()
+    received = body_received(sock)  # the client reads only once the process is gone
+    assert received < BIG
+    assert code == 3, svc.output
+    cut = svc.phase("stop_servers")["cut"]
+    assert any(
+        "response GET /big to 127.0.0.1:" in c and f"[cut: {BIG - received} bytes unsent]" in c
+        for c in cut
+    ), cut
+
+
+def test_big_response_to_a_stalled_reader_is_named_as_cut_and_exits_3(
+    service: Start, free_port: int
+) -> None:
+    check_big_response_cut(started(service, "big", free_port, "0", "1.0"), free_port)
+
+
+def test_big_response_cut_on_the_default_path_names_the_connection(
+    service: Start, free_port: int
+) -> None:
+    # No stop_timeout on the server: it gets what is left of the app's 2 s budget.
+    check_big_response_cut(started(service, "big", free_port, "0", "none", "2.0"), free_port)
+
+
+def test_big_response_read_during_the_stop_is_delivered_whole(
+    service: Start, free_port: int
+) -> None:
+    svc = started(service, "big", free_port)
+    sock = stalled_download(free_port)
+    svc.signal(signal.SIGTERM)
+    assert body_received(sock) == BIG
+    assert svc.wait() == 0, svc.output
+    assert svc.phase("stop_servers")["outcome"] == "ok"
