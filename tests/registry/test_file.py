@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -65,3 +67,18 @@ async def test_unreadable_entry_is_skipped_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "orders" / "bad.json").write_text("{not json")
     assert [i.id for i in await reg.instances("orders")] == ["good"]
     await reg.deregister(Instance(id="good", name="orders"))
+
+
+async def test_heartbeat_whole_directory_removed_under_a_live_owner_is_made_again(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "reg"
+    reg = FileRegistry(root, ttl=0.6, poll_interval=0.02)  # a heartbeat every ~0.2 s
+    await reg.register(Instance(id="a", name="orders"))
+    shutil.rmtree(root)  # a tmp cleaner
+    async with asyncio.timeout(NOTICE), reg.watch("orders") as watch:
+        async for current in watch:
+            if [i.id for i in current] == ["a"]:
+                break
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    await reg.deregister(Instance(id="a", name="orders"))

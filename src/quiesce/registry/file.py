@@ -393,8 +393,9 @@ class FileRegistry:
             if written:
                 await asyncio.sleep(self.ttl / 3 * random.uniform(0.9, 1.0))
             try:
-                # The folder is checked again at every beat: one replaced since is refused.
-                with self._folder(instance.name, create=not written) as folder:
+                # Checked again at every beat (one replaced since is refused), and made
+                # again if a cleaner removed it: the file is then written anew below.
+                with self._folder(instance.name, create=True) as folder:
                     if not written:
                         self._write(folder, filename, text)
                         written = True
