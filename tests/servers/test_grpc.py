@@ -396,3 +396,56 @@ async def test_bad_grpc_port_exits_2_naming_server_and_option() -> None:
     report = await App(name="svc", servers=[GRPCServer(sync_factory, port=-1)]).serve()
     assert report.exit_code == ExitCode.CONFIG
     assert report.error == "server 'grpc': port=-1: must be an integer from 0 to 65535"
+
+
+@pytest.mark.parametrize(
+    ("kind", "registered"),
+    [("unary_unary", True), ("unary_stream", False), ("stream_stream", False)],
+    ids=["registered-unary", "generic-writer-stream", "generic-bidi-stream"],
+)
+async def test_grpc_stop_names_cut_calls_of_every_handler_kind(kind: str, registered: bool) -> None:
+    began = asyncio.Event()
+
+    async def reply(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        began.set()
+        await asyncio.Event().wait()
+        return request
+
+    async def writer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        await context.write(b"first")  # the reader-writer style: a coroutine, no generator
+        began.set()
+        await asyncio.Event().wait()
+
+    async def chat(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+            began.set()
+            await asyncio.Event().wait()
+
+    behaviour = {"unary_unary": reply, "unary_stream": writer, "stream_stream": chat}[kind]
+    handlers = {"Stuck": getattr(grpc, f"{kind}_rpc_method_handler")(behaviour)}
+    grpc_server = grpc.aio.server()
+    if registered:  # as generated code (grpcio >= 1.62) adds its methods
+        grpc_server.add_registered_method_handlers(OTHER, handlers)  # type: ignore[attr-defined]  # newer than grpc-stubs
+    else:
+        generic = grpc.method_handlers_generic_handler(OTHER, handlers)
+        grpc_server.add_generic_rpc_handlers((generic,))
+    server = GRPCServer(grpc_server, port=0)
+    await server.start()
+    method = f"/{OTHER}/Stuck"
+    async with grpc.aio.insecure_channel(target(server)) as channel:
+        call = getattr(channel, kind)(method, None, None)(
+            *([] if kind == "stream_stream" else [b"x"])
+        )
+        async with asyncio.timeout(5):
+            if kind == "stream_stream":
+                await call.write(b"x")
+            if kind != "unary_unary":
+                # Read: a client's code() waits behind the messages it has not read.
+                assert await call.read() in (b"first", b"x")
+            await began.wait()
+        (cut,) = await server.stop(0.2)
+        assert re.fullmatch(rf"call {method} from ipv4:\S+ cancelled at the 0\.2s grace", cut)
+        assert await call.code() != grpc.StatusCode.OK

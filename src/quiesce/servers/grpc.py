@@ -110,11 +110,8 @@ class GRPCServer:
         loop can run it.
         """
         loop = getattr(self._source, "_loop", None)  # grpc.aio.Server keeps it there
-        if isinstance(self._source, grpc.aio.Server) and isinstance(
-            loop, asyncio.AbstractEventLoop
-        ):
-            return loop
-        return None
+        known = isinstance(self._source, grpc.aio.Server)
+        return loop if known and isinstance(loop, asyncio.AbstractEventLoop) else None
 
     def check(self) -> None:
         """Check the options before the app starts anything.
@@ -364,7 +361,10 @@ class _Calls:
 
     def wrap(self, method: str, handler: Any) -> Any:
         """``handler`` (a ``grpc.RpcMethodHandler``) whose async behaviour is tracked."""
-        kind = _KINDS[handler.request_streaming, handler.response_streaming]
+        kind = "_".join(
+            "stream" if streams else "unary"
+            for streams in (handler.request_streaming, handler.response_streaming)
+        )
         behaviour = self._tracked(method, getattr(handler, kind))
         if behaviour is None:
             return handler
@@ -405,34 +405,17 @@ class _Calls:
             del self.active[key]
 
 
-_KINDS = {
-    (False, False): "unary_unary",
-    (False, True): "unary_stream",
-    (True, False): "stream_unary",
-    (True, True): "stream_stream",
-}
-
-
 class _TrackedGeneric(grpc.GenericRpcHandler):  # type: ignore[type-arg]  # not generic at runtime
     """A generic handler whose method handlers are tracked by :class:`_Calls`."""
 
     def __init__(self, inner: Any, calls: _Calls) -> None:
         self._inner = inner
         self._calls = calls
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def service(self, handler_call_details: Any) -> Any:
-        """The inner handler's answer for this method, tracked (wrapped once per method)."""
+        """The inner handler's answer for this method, tracked."""
         handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        seen = self._wrapped.get(method)
-        if seen is None or seen[0] is not handler:
-            if len(self._wrapped) >= 1024:  # a catch-all handler sees any method name
-                self._wrapped.clear()
-            seen = self._wrapped[method] = (handler, self._calls.wrap(method, handler))
-        return seen[1]
+        return None if handler is None else self._calls.wrap(handler_call_details.method, handler)
 
 
 def _handler_tables(server: grpc.aio.Server) -> tuple[list[Any], dict[str, Any]] | None:
