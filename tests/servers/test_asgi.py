@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from quiesce import App, ExitCode, HTTPServer, Outcome, Server
+from quiesce import App, ExitCode, HTTPServer, Outcome, Report, Server
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -174,6 +178,26 @@ def test_endpoint_scheme_follows_tls_options() -> None:
             HTTPServer(api, ready_path="readyz"),
             "ready_path='readyz': must be a path starting with /",
         ),
+        (HTTPServer(api, backlog="x"), "uvicorn option backlog='x': must be a positive integer"),
+        (
+            HTTPServer(api, limit_concurrency="x"),
+            "uvicorn option limit_concurrency='x': must be a positive integer or None",
+        ),
+        (
+            HTTPServer(api, timeout_keep_alive="x"),
+            "uvicorn option timeout_keep_alive='x': must be a number of seconds",
+        ),
+        (HTTPServer(api, ws="bogus"), "uvicorn option ws='bogus': must be one of 'auto', "),
+        (HTTPServer(api, http="nope"), "uvicorn option http='nope': must be one of 'auto', "),
+        (
+            HTTPServer(api, http="no_such_module:Protocol"),
+            "uvicorn option http='no_such_module:Protocol': must be one of",
+        ),
+        (HTTPServer(api, lifespan="maybe"), "uvicorn option lifespan='maybe': must be one of"),
+        (HTTPServer(api, log_level="loud"), "uvicorn option log_level='loud': must be one of"),
+        (HTTPServer(api, access_log="no"), "uvicorn option access_log='no': must be True or"),
+        (HTTPServer(api, loop="bogus"), "uvicorn option loop='bogus': the App runs on its own"),
+        (HTTPServer(api, loop="asyncio"), "uvicorn option loop='asyncio': the App runs on its"),
     ],
 )
 async def test_bad_http_options_exit_2_naming_server_and_option(
@@ -183,3 +207,84 @@ async def test_bad_http_options_exit_2_naming_server_and_option(
     assert report.exit_code == ExitCode.CONFIG
     assert message in (report.error or "")
     assert report.start == [], "checked before anything started"
+
+
+async def failing_lifespan_context(api: Starlette) -> AsyncIterator[None]:
+    raise RuntimeError("database is unreachable")
+    yield  # pragma: no cover - never reached
+
+
+async def raw_failing_lifespan(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    raise RuntimeError("database is unreachable")
+
+
+@pytest.mark.parametrize(
+    ("asgi_app", "options"),
+    [
+        (Starlette(lifespan=asynccontextmanager(failing_lifespan_context)), {}),
+        (raw_failing_lifespan, {"lifespan": "on"}),
+    ],
+    ids=["starlette", "raw-lifespan-on"],
+)
+async def test_lifespan_startup_failure_one_line_and_its_traceback_at_debug_once(
+    caplog: pytest.LogCaptureFixture, asgi_app: Any, options: dict[str, Any]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    report = await App(name="svc", servers=[HTTPServer(asgi_app, port=0, **options)]).serve()
+    assert report.exit_code == ExitCode.FAILED
+    line = "server 'http' failed to start: ASGI lifespan: RuntimeError: database is unreachable"
+    assert report.error == line
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [f"start failed: {line}"]
+    # The user's frames appear in one record, as its exception, at DEBUG on quiesce.http.
+    formatter = logging.Formatter()
+    shown = [r for r in caplog.records if 'database is unreachable")' in formatter.format(r)]
+    assert len(shown) == 1, [formatter.format(r) for r in shown]
+    (record,) = shown
+    assert (record.name, record.levelno) == ("quiesce.http", logging.DEBUG)
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_http_server_serves_a_second_app_once_the_first_has_stopped() -> None:
+    server = HTTPServer(api, port=0, access_log=False)
+    answers: list[tuple[str, int, str]] = []
+
+    async def run_once(name: str) -> Report:
+        app = App(name=name, servers=[server])
+
+        @app.after_start
+        async def probe() -> None:
+            async with httpx.AsyncClient() as client:
+                response = await client.get(server.endpoints()[0] + "/")
+                answers.append((name, response.status_code, response.text))
+            app.stop()
+
+        return await app.serve()
+
+    # Each in its own loop, as two App.run() would be.
+    first = asyncio.run(run_once("first"))
+    second = asyncio.run(run_once("second"))
+    assert (first.exit_code, second.exit_code) == (ExitCode.OK, ExitCode.OK), second.error
+    assert answers == [("first", 200, "hello /"), ("second", 200, "hello /")]
+
+
+async def test_http_server_serving_one_app_is_refused_to_a_second() -> None:
+    server = HTTPServer(api, port=0, access_log=False)
+    first = App(name="first", servers=[server])
+    second_reports: list[Report] = []
+
+    @first.after_start
+    async def try_a_second_app() -> None:
+        second_reports.append(await App(name="second", servers=[server]).serve())
+        async with httpx.AsyncClient() as client:  # the first still serves, unharmed
+            assert (await client.get(server.endpoints()[0] + "/")).status_code == 200
+        first.stop()
+
+    report = await first.serve()
+    assert report.exit_code == ExitCode.OK
+    (second,) = second_reports
+    assert second.exit_code == ExitCode.CONFIG
+    assert second.error == "server 'http' is in use by App 'first': one App at a time"
+    assert second.start == []

@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quiesce import App, ExitCode, HTTPServer, Outcome
-from quiesce.servers.asgi import _ConnectionSet
+from quiesce.servers.uvicorn_parts import ConnectionSet
 
 # The WebSocket implementations uvicorn 0.54 can serve here. Its deprecated legacy one,
 # ws="websockets", fails every handshake on websockets 14+ (its handler lacks "path").
@@ -104,15 +104,15 @@ async def test_stop_websocket_closed_1000_with_default_timeouts_is_ok_at_once() 
     assert report.exit_code == ExitCode.OK
 
 
-def isub(s: _ConnectionSet, other: set[object]) -> None:
+def isub(s: ConnectionSet, other: set[object]) -> None:
     s -= other
 
 
-def iand(s: _ConnectionSet, other: set[object]) -> None:
+def iand(s: ConnectionSet, other: set[object]) -> None:
     s &= other
 
 
-def ixor(s: _ConnectionSet, other: set[object]) -> None:
+def ixor(s: ConnectionSet, other: set[object]) -> None:
     s ^= other
 
 
@@ -144,9 +144,9 @@ def ixor(s: _ConnectionSet, other: set[object]) -> None:
     ],
 )
 async def test_connection_set_any_way_out_wakes_the_stop(
-    leave: Callable[[_ConnectionSet, object], object],
+    leave: Callable[[ConnectionSet, object], object],
 ) -> None:
-    connections = _ConnectionSet()
+    connections = ConnectionSet()
     connection = object()
     connections.add(connection)
     waiter = asyncio.create_task(connections.wait_empty())

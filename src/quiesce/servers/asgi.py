@@ -21,15 +21,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    MutableMapping,
-    MutableSet,
-    Sequence,
-)
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -37,6 +29,7 @@ import uvicorn
 from quiesce.config import check_listen
 from quiesce.errors import ConfigError, StartError
 from quiesce.phases import State
+from quiesce.servers.uvicorn_parts import OPTION_RULES, ConnectionSet, LifespanLog
 
 if TYPE_CHECKING:
     from quiesce.app import App
@@ -67,7 +60,12 @@ NOT_EMBEDDABLE = {
     "reload": "restart the process instead",
     "workers": "run more instances instead",
     "timeout_graceful_shutdown": "use stop_timeout",
+    "loop": "the App runs on its own loop (uvloop when installed)",
+    "interface": "HTTPServer serves ASGI 3 apps",
+    "factory": "pass the app itself",
 }
+#: Values of :data:`NOT_EMBEDDABLE` options that change nothing, beyond None and False.
+HARMLESS = {"workers": (1,), "loop": ("auto", "none"), "interface": ("auto", "asgi3")}
 
 
 class HTTPServer:
@@ -104,6 +102,7 @@ class HTTPServer:
         self.app = asgi_app
         self.host = host
         self.port = port
+        self._picked_port: int | None = None  # the port the system chose for port=0
         self.name = name
         self.depends_on: Sequence[str] = tuple(depends_on)
         self.stop_timeout = stop_timeout
@@ -111,7 +110,7 @@ class HTTPServer:
         self._gate = _Gate(asgi_app, health_path, ready_path)
         self._uvicorn_config: uvicorn.Config | None = None
         self._server: uvicorn.Server | None = None
-        self._connections = _ConnectionSet()
+        self._connections = ConnectionSet()
         self._ticker: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
         self._lifespan_errors: list[str] = []
@@ -122,7 +121,8 @@ class HTTPServer:
         """Check the options before the app starts anything.
 
         Raises:
-            ConfigError: not an ASGI app, a bad address, stop timeout or probe path.
+            ConfigError: not an ASGI app, a bad address, stop timeout, probe path or
+                uvicorn option, or this server is serving another App right now.
 
         """
         check_listen(self.name, self.host, self.port, self.stop_timeout)
@@ -131,8 +131,13 @@ class HTTPServer:
             raise ConfigError(f"{where}: {self.app!r} is not an ASGI app (not callable)")
         for option, instead in NOT_EMBEDDABLE.items():
             value = self.uvicorn_options.get(option)
-            if value not in (None, False) and not (option == "workers" and value == 1):
+            if value not in (None, False, *HARMLESS.get(option, ())):
                 raise ConfigError(f"{where}: uvicorn option {option}={value!r}: {instead}")
+        for option, value in self.uvicorn_options.items():
+            # uvicorn would fail on these only at start (exit 1), or misbehave while serving.
+            ok, must = OPTION_RULES.get(option, (lambda v: True, ""))
+            if not ok(value):
+                raise ConfigError(f"{where}: uvicorn option {option}={value!r}: must be {must}")
         try:
             self._config()
         except TypeError as exc:  # an unknown keyword: a typo of a uvicorn option
@@ -144,12 +149,24 @@ class HTTPServer:
                 raise ConfigError(f"{where}: {option}={path!r}: {must}")
 
     def bind(self, app: App) -> None:
-        """Answer readiness from ``app``'s lifecycle state."""
+        """Answer readiness from ``app``'s lifecycle state.
+
+        Raises:
+            ConfigError: another App is running this server (one App at a time; a
+                server whose App has stopped can serve the next one).
+
+        """
+        owner = self._gate.owner
+        busy = owner is not None and owner is not app and owner.state in _LIVE
+        if busy or self._server is not None:
+            by = f" by App {owner.name!r}" if busy and owner is not None else ""
+            raise ConfigError(f"server {self.name!r} is in use{by}: one App at a time")
         self._gate.owner = app
 
     def _config(self) -> uvicorn.Config:
-        # Built once: check() builds it to catch typos, and building it configures logging.
-        if self._uvicorn_config is None:
+        # Built once a run: check() builds it to catch typos, and building it configures
+        # logging; a loaded one (a previous run's) cannot be loaded again.
+        if self._uvicorn_config is None or self._uvicorn_config.loaded:
             self._uvicorn_config = uvicorn.Config(
                 self._gate, host=self.host, port=self.port, **self.uvicorn_options
             )
@@ -157,6 +174,11 @@ class HTTPServer:
 
     async def start(self) -> None:
         """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
+        # A server that served an App before starts afresh (uvicorn's pieces are per run).
+        self._connections = ConnectionSet()
+        self._exited = asyncio.Event()
+        self._lifespan_errors = []
+        self._gate.reset()
         sock = self._bind()
         config = self._config()
         server = uvicorn.Server(config)
@@ -166,12 +188,16 @@ class HTTPServer:
         try:
             config.load()
             server.lifespan = lifespan = config.lifespan_class(config)
-            # uvicorn logs a lifespan failure with a traceback; keep it quiet, say it once.
-            lifespan.logger = _LifespanLog(self._lifespan_errors)
+            # uvicorn logs a lifespan failure (Starlette's as text): keep it quiet, say it once.
+            lifespan.logger = LifespanLog(self._lifespan_errors)
             try:
                 await server.startup(sockets=[sock])
             except SystemExit as exc:  # uvicorn's way of failing a startup
                 detail = "; ".join(self._lifespan_errors) or f"uvicorn exited with {exc.code}"
+                # The user gets the one line; the traceback goes to DEBUG, once, with the
+                # exception itself (not uvicorn's text of it) for handlers that want it.
+                error = self._gate.lifespan_error
+                logger.debug("server %r: ASGI lifespan startup failed", self.name, exc_info=error)
                 raise StartError(f"server {self.name!r}", f"ASGI lifespan: {detail}") from None
         except BaseException:
             sock.close()
@@ -259,7 +285,8 @@ class HTTPServer:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
+            # Asked for any port (0): ask again on a later run rather than reuse the last one.
+            sock.bind((self.host, 0 if self.port == self._picked_port else self.port))
             sock.listen(self.uvicorn_options.get("backlog", 2048))
             sock.setblocking(False)
         except OSError as exc:
@@ -268,7 +295,8 @@ class HTTPServer:
             raise StartError(
                 f"server {self.name!r}", f"cannot listen on {self.host}:{self.port}: {reason}"
             ) from exc
-        self.port = sock.getsockname()[1]
+        if self.port in (0, self._picked_port):
+            self._picked_port = self.port = sock.getsockname()[1]
         return sock
 
     async def _cut(self, server: uvicorn.Server) -> list[str]:
@@ -310,15 +338,29 @@ class HTTPServer:
 class _Gate:
     """The ASGI app uvicorn runs: health and readiness first, then the user's app."""
 
-    __slots__ = ("app", "cutting", "draining", "health_path", "owner", "ready_path")
+    __slots__ = (
+        "app",
+        "cutting",
+        "draining",
+        "health_path",
+        "lifespan_error",
+        "owner",
+        "ready_path",
+    )
 
     def __init__(self, app: ASGIApp, health_path: str | None, ready_path: str | None) -> None:
         self.app = app
         self.health_path = health_path
         self.ready_path = ready_path
         self.owner: App | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous run: serving, not draining."""
         self.draining = False
         self.cutting = False
+        #: What the app's lifespan raised: uvicorn keeps only its text (Starlette's case).
+        self.lifespan_error: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -341,6 +383,10 @@ class _Gate:
             if scope["type"] == "websocket":
                 with contextlib.suppress(Exception):
                     await send({"type": "websocket.close", "code": 1001, "reason": "stopping"})
+        except Exception as exc:
+            if scope["type"] == "lifespan":
+                self.lifespan_error = exc
+            raise
 
     async def _probe(self, send: Send, *, ready: bool) -> None:
         owner = self.owner
@@ -380,6 +426,9 @@ def _closing(send: Send) -> Send:
     return closing_send
 
 
+_LIVE = (State.STARTING, State.RUNNING, State.STOPPING)
+
+
 def _describe(scope: Scope, unsent: int = 0) -> str:
     client = scope.get("client")
     where = f"{client[0]}:{client[1]}" if client else "?"
@@ -398,77 +447,3 @@ def _unsent(transport: asyncio.BaseTransport) -> int:
     kernel deliver it (measured: a client read all of it after the abort).
     """
     return int(getattr(transport, "get_write_buffer_size", lambda: 0)())
-
-
-class _ConnectionSet(MutableSet[Any]):
-    """uvicorn's connection set, able to say when it becomes empty (no polling).
-
-    Not a ``set`` subclass: one of those wakes the stop only from the methods it
-    overrides (uvicorn's WebSocket protocols leave with ``remove()``, which a
-    subclass of ``set`` overriding ``discard()`` never saw). Here the items live
-    in a private set that only :meth:`add` and :meth:`discard` touch, and every
-    other way out (remove, pop, clear, -=, &=, ^=, the ``*_update`` methods)
-    goes through :meth:`discard`, so the event cannot miss.
-    """
-
-    def __init__(self) -> None:
-        self._items: set[Any] = set()
-        self._empty = asyncio.Event()
-        self._empty.set()
-
-    @classmethod
-    def _from_iterable(cls, items: Iterable[Any]) -> set[Any]:
-        return set(items)  # what a - b and the other operators make: a plain set
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, item: Any) -> None:
-        self._items.add(item)
-        self._empty.clear()
-
-    def discard(self, item: Any) -> None:
-        self._items.discard(item)
-        if not self._items:
-            self._empty.set()
-
-    def difference_update(self, *others: Iterable[Any]) -> None:
-        for other in others:
-            self -= set(other)
-
-    def intersection_update(self, *others: Iterable[Any]) -> None:
-        for other in others:
-            self &= set(other)
-
-    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
-        self ^= set(other)
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
-
-
-class _LifespanLog:
-    """Stands in for uvicorn's lifespan logger: errors kept for one line, details at DEBUG."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-
-    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
-        logger.debug(msg, *args, **kwargs)
-
-    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
-        logger.debug(msg, *args, **kwargs)
-        exc = kwargs.get("exc_info")
-        if isinstance(exc, BaseException):
-            self.errors.append(f"{type(exc).__name__}: {exc}")
-            return
-        text = (str(msg) % args if args else str(msg)).strip()
-        if text and not text.startswith("Application startup failed"):
-            # Starlette sends the whole traceback as the message: its last line says what.
-            self.errors.append(text.splitlines()[-1])

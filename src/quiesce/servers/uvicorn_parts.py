@@ -1,0 +1,166 @@
+"""What :class:`~quiesce.HTTPServer` puts in place of, or around, uvicorn's own pieces.
+
+The rules its uvicorn options must meet (checked before anything binds), the
+connection set that says when it empties, and the lifespan logger that keeps
+uvicorn's startup errors to one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, MutableSet
+from typing import Any
+
+from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOG_LEVELS, WS_PROTOCOLS
+from uvicorn.importer import ImportFromStringError, import_from_string
+
+__all__ = ["OPTION_RULES", "ConnectionSet", "LifespanLog"]
+
+logger = logging.getLogger("quiesce.http")
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _seconds(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < math.inf
+
+
+def _protocol(choices: dict[str, Any]) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        if isinstance(v, str) and ":" in v:  # "module:Class", as uvicorn takes it
+            with contextlib.suppress(ImportFromStringError):
+                v = import_from_string(v)
+        if isinstance(v, type):
+            return issubclass(v, asyncio.Protocol)
+        return isinstance(v, str) and v in choices
+
+    return ok
+
+
+_PROTOCOL = ", a 'module:Class' string or an asyncio.Protocol class"
+#: What documented uvicorn options must be: uvicorn fails on them only at start, or serves
+#: wrongly (a string access_log is true). Options not named here are left to uvicorn.Config.
+OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **dict.fromkeys(("backlog", "ws_max_size", "ws_max_queue"), (_count, "a positive integer")),
+    **dict.fromkeys(
+        ("limit_concurrency", "limit_max_requests", "h11_max_incomplete_event_size"),
+        (lambda v: v is None or _count(v), "a positive integer or None"),
+    ),
+    "limit_max_requests_jitter": (lambda v: v == 0 or _count(v), "an integer, 0 or more"),
+    "timeout_keep_alive": (_seconds, "a number of seconds"),
+    **dict.fromkeys(
+        ("ws_ping_interval", "ws_ping_timeout"),
+        (lambda v: v is None or _seconds(v), "a number of seconds or None"),
+    ),
+    **dict.fromkeys(
+        ("access_log", "proxy_headers", "server_header", "date_header", "http2"),
+        (lambda v: isinstance(v, bool), "True or False"),
+    ),
+    "ws_per_message_deflate": (lambda v: isinstance(v, bool), "True or False"),
+    "use_colors": (lambda v: v is None or isinstance(v, bool), "True, False or None"),
+    "log_level": (
+        lambda v: v is None or type(v) is int or str(v).lower() in LOG_LEVELS,
+        f"one of {', '.join(LOG_LEVELS)}, a number or None",
+    ),
+    "lifespan": (
+        lambda v: isinstance(v, str) and v in LIFESPAN,
+        f"one of {', '.join(map(repr, LIFESPAN))}",
+    ),
+    "http": (
+        _protocol(HTTP_PROTOCOLS),
+        f"one of {', '.join(map(repr, HTTP_PROTOCOLS))}{_PROTOCOL}",
+    ),
+    "ws": (_protocol(WS_PROTOCOLS), f"one of {', '.join(map(repr, WS_PROTOCOLS))}{_PROTOCOL}"),
+}
+
+
+class ConnectionSet(MutableSet[Any]):
+    """uvicorn's connection set, able to say when it becomes empty (no polling).
+
+    Not a ``set`` subclass: one of those wakes the stop only from the methods it
+    overrides (uvicorn's WebSocket protocols leave with ``remove()``, which a
+    subclass of ``set`` overriding ``discard()`` never saw). Here the items live
+    in a private set that only :meth:`add` and :meth:`discard` touch, and every
+    other way out (remove, pop, clear, -=, &=, ^=, the ``*_update`` methods)
+    goes through :meth:`discard`, so the event cannot miss.
+    """
+
+    def __init__(self) -> None:
+        self._items: set[Any] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    @classmethod
+    def _from_iterable(cls, items: Iterable[Any]) -> set[Any]:
+        return set(items)  # what a - b and the other operators make: a plain set
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: Any) -> None:
+        """Add a connection (uvicorn calls this in ``connection_made``)."""
+        self._items.add(item)
+        self._empty.clear()
+
+    def discard(self, item: Any) -> None:
+        """Remove a connection if present; every other way out comes through here."""
+        self._items.discard(item)
+        if not self._items:
+            self._empty.set()
+
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        """Remove every connection in ``others`` (as :meth:`set.difference_update`)."""
+        for other in others:
+            self -= set(other)
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        """Keep only connections in every one of ``others``."""
+        for other in others:
+            self &= set(other)
+
+    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        """Remove those in ``other``, add those only there (as :class:`set` does)."""
+        self ^= set(other)
+
+    async def wait_empty(self) -> None:
+        """Return once no connection is left (at once when none is)."""
+        await self._empty.wait()
+
+
+class LifespanLog:
+    """Stands in for uvicorn's lifespan logger: errors kept for one line, details at DEBUG.
+
+    Tracebacks are not logged here: uvicorn has them only as text (or logs the
+    exception as well), and start() logs the exception itself once.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Progress messages go to DEBUG."""
+        logger.debug(msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """Keep the error's last line for the start error; no traceback here."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, BaseException):
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        text = (str(msg) % args if args else str(msg)).strip()
+        if text and not text.startswith(("Application startup failed", "Traceback")):
+            logger.debug("%s", text)
+        if text and not text.startswith("Application startup failed"):
+            # Starlette sends the whole traceback as the message: its last line says what.
+            self.errors.append(text.splitlines()[-1])
