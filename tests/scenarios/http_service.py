@@ -94,7 +94,10 @@ routes = [
     WebSocketRoute("/ws-stubborn", ws_stubborn),
 ]
 api = Starlette(routes=routes, lifespan=failing_lifespan if case == "bad_lifespan" else None)
-http_server = HTTPServer(api, port=port, stop_timeout=stop_timeout, access_log=False, backlog=4096)
+backlog: object = "x" if case == "bad_option" else 4096  # the load tests hold thousands
+http_server = HTTPServer(
+    api, port=port, stop_timeout=stop_timeout, access_log=False, backlog=backlog
+)
 app.add_server(http_server)
 
 

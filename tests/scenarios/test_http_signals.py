@@ -194,6 +194,18 @@ def test_port_in_use_exits_1_naming_server_and_port(service: Start) -> None:
     check_port_in_use_fails_start(service, MODULE, "busy", "http")
 
 
+def test_uvicorn_option_of_the_wrong_type_exits_2_with_one_line_before_binding(
+    service: Start, free_port: int
+) -> None:
+    svc = service(MODULE, "bad_option", str(free_port))
+    assert svc.wait() == 2, svc.output
+    errors = [line for line in svc.lines if "ERROR" in line]
+    assert len(errors) == 1, svc.output
+    assert "server 'http': uvicorn option backlog='x': must be a positive integer" in errors[0]
+    assert "Traceback" not in svc.output
+    assert svc.report()["start"] == [], "nothing started, nothing bound"
+
+
 def test_lifespan_startup_failure_exits_1_with_one_line(service: Start, free_port: int) -> None:
     svc = service(MODULE, "bad_lifespan", str(free_port))
     assert svc.wait() == 1, svc.output

@@ -288,3 +288,24 @@ async def test_http_server_serving_one_app_is_refused_to_a_second() -> None:
     assert second.exit_code == ExitCode.CONFIG
     assert second.error == "server 'http' is in use by App 'first': one App at a time"
     assert second.start == []
+
+
+async def test_lifespan_shutdown_failure_one_warning_and_its_traceback_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @asynccontextmanager
+    async def fails_at_shutdown(api: Starlette) -> AsyncIterator[None]:
+        yield
+        raise RuntimeError("cannot flush the cache")
+
+    caplog.set_level(logging.DEBUG)
+    server = HTTPServer(Starlette(lifespan=fails_at_shutdown), port=0)
+    server.check()
+    await server.start()
+    assert await server.stop(2.0) == []
+    line = "server 'http': ASGI lifespan shutdown failed: RuntimeError: cannot flush the cache"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [line]
+    formatter = logging.Formatter()
+    shown = [r for r in caplog.records if 'flush the cache")' in formatter.format(r)]
+    assert [(r.name, r.levelno) for r in shown] == [("quiesce.http", logging.DEBUG)]
+    assert shown[0].exc_info is not None

@@ -253,6 +253,12 @@ class HTTPServer:
                     await server.lifespan.shutdown()
             except TimeoutError:
                 cut.append(f"ASGI lifespan shutdown (timeout {left:.3g}s)")
+            # A failed lifespan shutdown: one line for the user, the traceback at DEBUG.
+            if getattr(server.lifespan, "error_occurred", False):
+                detail = (self._lifespan_errors or ["failed"])[-1]
+                logger.warning("server %r: ASGI lifespan shutdown failed: %s", self.name, detail)
+                error = self._gate.lifespan_error
+                logger.debug("server %r: ASGI lifespan shutdown failed", self.name, exc_info=error)
         for listener in server.servers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(WAIT_CLOSED_TIMEOUT):

@@ -159,8 +159,9 @@ class LifespanLog:
             self.errors.append(f"{type(exc).__name__}: {exc}")
             return
         text = (str(msg) % args if args else str(msg)).strip()
-        if text and not text.startswith(("Application startup failed", "Traceback")):
+        said = text.startswith(("Application startup failed", "Application shutdown failed"))
+        if text and not said and not text.startswith("Traceback"):
             logger.debug("%s", text)
-        if text and not text.startswith("Application startup failed"):
+        if text and not said:
             # Starlette sends the whole traceback as the message: its last line says what.
             self.errors.append(text.splitlines()[-1])
