@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from types import CodeType, FrameType, TracebackType
+from types import CodeType, CoroutineType, FrameType, TracebackType
 from typing import Any, TypeVar
 
 from quiesce.errors import StoppedError, describe
@@ -78,34 +78,31 @@ class TaskTracker:
         From a thread other than the loop's (a sync hook), the task is created
         in the loop and this call waits for it, at most ``HANDOFF_TIMEOUT``.
         """
-        if not asyncio.iscoroutine(coro):
+        # The exact type first: asyncio.iscoroutine() is a call more on the hot path.
+        if type(coro) is not CoroutineType and not asyncio.iscoroutine(coro):
             raise TypeError(f"spawn() needs a coroutine, like spawn(work()), not {coro!r}")
-        if self._closed:  # only a shortcut: _create() decides, on the loop
-            coro.close()
-            raise StoppedError("spawn() after the task phase of the stop has ended")
         caller = sys._getframe(depth)
-        site = (caller.f_code, caller.f_lineno)
+        entry = (caller.f_code, caller.f_lineno, coro)
         owner = self._loop
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is not None and (owner is None or loop is owner):
-            return self._create(loop, coro, name, site)
-        if owner is None:
+            return self._create(loop, entry, name)
+        if self._closed or owner is None:  # a shortcut only: on the loop, _create() decides
             coro.close()
-            raise RuntimeError("spawn() before the app runs: there is no loop yet")
-        return self._handoff(owner, coro, name, site)
+            if owner is None:
+                raise RuntimeError("spawn() before the app runs: there is no loop yet")
+            raise StoppedError("spawn() after the task phase of the stop has ended")
+        return self._handoff(owner, entry, name)
 
     def _handoff(
-        self,
-        owner: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, T],
-        name: str | None,
-        site: tuple[CodeType, int],
-    ) -> asyncio.Task[T]:
+        self, owner: asyncio.AbstractEventLoop, entry: Entry, name: str | None
+    ) -> asyncio.Task[Any]:
         """Have the app's loop create the task; wait for its answer, bounded."""
-        handoff: concurrent.futures.Future[asyncio.Task[T]] = concurrent.futures.Future()
+        handoff: concurrent.futures.Future[asyncio.Task[Any]] = concurrent.futures.Future()
+        coro = entry[2]
 
         def create() -> None:
             # False when the caller gave up waiting: it was told the task did not start.
@@ -113,7 +110,7 @@ class TaskTracker:
                 coro.close()
                 return
             try:
-                handoff.set_result(self._create(owner, coro, name, site))
+                handoff.set_result(self._create(owner, entry, name))
             except BaseException as exc:  # the caller's thread raises it, not the loop
                 handoff.set_exception(exc)
 
@@ -133,17 +130,12 @@ class TaskTracker:
             ) from None
 
     def _create(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, T],
-        name: str | None,
-        site: tuple[CodeType, int],
-    ) -> asyncio.Task[T]:
+        self, loop: asyncio.AbstractEventLoop, entry: Entry, name: str | None
+    ) -> asyncio.Task[Any]:
         # On the loop, as is every close of the phase: the decision cannot go stale.
         if self._closed:
-            coro.close()
+            entry[2].close()
             raise StoppedError("spawn() after the task phase of the stop has ended")
-        entry = (site[0], site[1], coro)
         task = loop.create_task(self._run(entry), name=name)
         tasks = self._tasks
         tasks[task] = entry
@@ -402,7 +394,8 @@ class PeriodicJob:
         """Start the job's loop as a tracked task."""
         if self.task is None:
             loop = asyncio.get_running_loop()
-            self.task = tracker._create(loop, self._loop(stop), f"every {self.name}", self.site)
+            entry = (*self.site, self._loop(stop))
+            self.task = tracker._create(loop, entry, f"every {self.name}")
 
     async def _loop(self, stop: asyncio.Event) -> None:
         next_run = time.monotonic()
