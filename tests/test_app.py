@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import os
+import signal
+import stat
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quiesce import App, ConfigError, ExitCode, Outcome, State, StoppedError
+from quiesce import App, ConfigError, ExitCode, Outcome, Server, State, StoppedError
 from quiesce.servers.stream import StreamServer
 
 
@@ -103,6 +108,15 @@ def test_default_id_is_host_pid_random() -> None:
         ({"drain_delay": 29, "stop_timeout": 30}, "drain_delay=29s does not fit stop_timeout=30s"),
         ({"registry": "zookeeper://127.0.0.1:2181"}, "unknown registry scheme 'zookeeper'"),
         ({"signals": [12345]}, "12345 is not a signal"),
+        ({"signals": [signal.SIGKILL]}, "signals: SIGKILL cannot be caught"),
+        ({"signals": [signal.SIGTERM, signal.SIGSTOP]}, "signals: SIGSTOP cannot be caught"),
+        ({"signals": None}, "signals=None: must be a list of signals"),
+        ({"signals": 15}, "signals=15: must be a list of signals"),
+        ({"stop_timeout": 1e10}, "stop_timeout=10000000000.0: must be at most 86400 seconds"),
+        ({"hook_timeout": 1e10}, "hook_timeout=10000000000.0: must be at most 86400 seconds"),
+        ({"servers": None}, "servers=None: must be a list of quiesce.Server objects"),
+        ({"report_file": "/nonexistent-dir/report.json"}, "the directory /nonexistent-dir"),
+        ({"report_file": "/"}, "report_file='/': is a directory"),
     ],
 )
 async def test_bad_configuration_is_exit_2_and_starts_nothing(
@@ -117,6 +131,7 @@ async def test_bad_configuration_is_exit_2_and_starts_nothing(
     assert report.start == []
     assert report.stop == []
     assert server.endpoints() == ["tcp://127.0.0.1:0"], "nothing was bound"
+    assert app.stopped.is_set()
 
 
 async def test_duplicate_and_unknown_names_are_config_errors() -> None:
@@ -454,3 +469,171 @@ def test_hook_that_is_not_callable_is_refused_at_once() -> None:
     app = App(name="svc")
     with pytest.raises(ConfigError, match=r"@app.before_stop: 5 is not a function"):
         app.before_stop(5)  # type: ignore[type-var]
+
+
+# -- the inner bound names the cut, on the defaults (issue 7, item 6) --------------
+
+
+async def held_connection(server: StreamServer) -> asyncio.StreamWriter:
+    """Open a connection to ``server`` that its echo handler holds until the client leaves."""
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    return writer
+
+
+async def test_server_without_its_own_stop_timeout_names_the_connection_it_cut() -> None:
+    server = StreamServer(echo, name="sticky")  # no stop_timeout: the app's budget applies
+    app = App(name="svc", servers=[server], stop_timeout=2)
+    writers: list[asyncio.StreamWriter] = []
+
+    @app.after_start
+    async def connect_then_stop() -> None:
+        writers.append(await held_connection(server))
+        app.stop()
+
+    async with asyncio.timeout(10):
+        report = await app.serve()
+    (phase,) = [r for r in report.stop if r.name == "stop_servers"]
+    assert phase.outcome is Outcome.TIMEOUT
+    (cut,) = phase.cut
+    assert cut.startswith("server sticky: connection from 127.0.0.1:"), cut
+    assert report.exit_code == ExitCode.INCOMPLETE
+    assert report.stop_duration < 2 + 0.5
+    writers[0].close()
+
+
+async def test_slow_before_stop_hook_on_the_default_hook_timeout_is_named() -> None:
+    app = App(name="svc", stop_timeout=2)  # hook_timeout 10 s: the stop's budget is shorter
+
+    @app.before_stop
+    async def flush_slowly() -> None:
+        await asyncio.sleep(30)
+
+    stop_when_ready(app)
+    async with asyncio.timeout(10):
+        report = await app.serve()
+    (phase,) = [r for r in report.stop if r.name == "before_stop"]
+    assert phase.outcome is Outcome.TIMEOUT
+    (cut,) = phase.cut
+    assert cut.startswith("hook "), cut
+    assert "flush_slowly" in cut, cut
+    # The later steps still ran, inside the reserve.
+    assert [r.name for r in report.stop][-1] == "resources"
+    assert report.stop_duration < 2 + 0.5
+
+
+async def test_server_start_that_never_gets_ready_is_named_at_start_timeout() -> None:
+    class NeverReady(StreamServer):
+        async def start(self) -> None:
+            await asyncio.Event().wait()
+
+    app = App(name="svc", servers=[NeverReady(echo, name="slow")], start_timeout=0.5)
+    async with asyncio.timeout(10):
+        report = await app.serve()
+    assert report.exit_code == ExitCode.FAILED
+    assert report.error == "servers timed out: server slow (not ready within 0.5s, starting)"
+
+
+async def test_resource_close_that_hangs_is_named_and_the_others_still_close() -> None:
+    app = App(name="svc", stop_timeout=1)
+    closed: list[str] = []
+
+    @asynccontextmanager
+    async def pool() -> AsyncIterator[None]:
+        yield
+        closed.append("pool")
+
+    @asynccontextmanager
+    async def hangs() -> AsyncIterator[None]:
+        yield
+        await asyncio.Event().wait()
+
+    app.resource(pool, name="pool")
+    app.resource(hangs, name="hangs")
+    stop_when_ready(app)
+    async with asyncio.timeout(10):
+        report = await app.serve()
+    (phase,) = [r for r in report.stop if r.name == "resources"]
+    assert phase.outcome is Outcome.TIMEOUT
+    (cut,) = phase.cut
+    assert cut.startswith("resource hangs (close cut at ")
+    assert closed == ["pool"]
+    assert report.stop_duration < 1 + 0.2
+
+
+# -- the report file (item 10) ------------------------------------------------------
+
+
+async def test_report_file_is_written_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    app = App(name="svc", report_file=path)
+    stop_when_ready(app)
+    await app.serve()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert '"exit_code": 0' in path.read_text()
+
+
+async def test_report_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me")
+    (tmp_path / "report.json").symlink_to(target)
+    app = App(name="svc", report_file=tmp_path / "report.json")
+    report = await app.serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error is not None
+    assert report.error.endswith("is a symbolic link")
+    assert target.read_text() == "keep me"
+
+
+async def test_report_file_that_fails_at_the_end_keeps_the_exit_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    app = App(name="svc", report_file=folder / "report.json")
+
+    @app.after_start
+    def remove_the_folder() -> None:
+        os.rmdir(folder)
+        app.stop()
+
+    with caplog.at_level(logging.ERROR, "quiesce.lifecycle"):
+        report = await app.serve()
+    assert report.exit_code == ExitCode.OK
+    assert app.stopped.is_set()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"cannot write the report to {folder / 'report.json'}: ")
+    assert caplog.records[0].exc_info is None
+
+
+# -- a server written by subclassing the protocol (item 13) ---------------------------
+
+
+class Mine(Server):
+    """The natural way to write a server: subclass the protocol, set plain attributes."""
+
+    def __init__(self) -> None:
+        self.name = "mine"
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def drain(self) -> None:
+        pass
+
+    async def stop(self, timeout: float) -> list[str]:
+        return []
+
+    def endpoints(self) -> list[str]:
+        return ["tcp://127.0.0.1:1"]
+
+
+async def test_server_protocol_subclass_with_plain_attributes_runs() -> None:
+    mine = Mine()
+    assert isinstance(mine, Server)
+    assert mine.depends_on == ()
+    app = App(name="svc", servers=[mine])
+    stop_when_ready(app)
+    report = await app.serve()
+    assert report.exit_code == ExitCode.OK
+    assert mine.started

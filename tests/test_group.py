@@ -31,7 +31,7 @@ class Part:
         stop_timeout: float | None = None,
     ) -> None:
         self.name = name
-        self.depends_on = tuple(depends_on)
+        self.depends_on: Sequence[str] = tuple(depends_on)
         self.stop_timeout = stop_timeout
         self.log = log
         self.fail_start = fail_start

@@ -50,3 +50,15 @@ def test_worst_outcome_wins() -> None:
         record.mark(outcome)
         seen.append(record.outcome)
     assert seen == [Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.FORCED, Outcome.FORCED]
+
+
+def test_text_says_a_failed_start_once() -> None:
+    register = PhaseRecord("register", offset=0.0, duration=0.1)
+    register.error("register", ConnectionRefusedError("etcd unreachable"), log=False)
+    cause = "register: ConnectionRefusedError: etcd unreachable"
+    assert register.errors == [cause]
+    report = Report(app="orders", id="i-1", error="ConnectionRefusedError: etcd unreachable")
+    report.start = [register]
+    assert report.to_text().count("etcd unreachable") == 1
+    report.start = []  # no step carries it: the header does
+    assert report.to_text().count("etcd unreachable") == 1

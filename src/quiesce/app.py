@@ -296,7 +296,9 @@ class App:
         async def main() -> int:
             return (await self.serve()).exit_code
 
-        run_and_exit(main, self.cancel_grace)
+        # A grpc.aio.Server built at import time is bound to the loop current then: run on it.
+        bound = [loop for s in self.servers if (loop := getattr(s, "bound_loop", None))]
+        run_and_exit(main, self.cancel_grace, bound[0] if bound else None)
 
     async def serve(self) -> Report:
         """Run the whole lifecycle in the running loop and return the report.
@@ -669,6 +671,10 @@ class App:
             self._registry = from_url(self.registry)
         else:
             self._registry = self.registry
+        # The name becomes a registry key: one that would land in another service's is refused.
+        check_name = getattr(self._registry, "check_name", None)
+        if check_name is not None:
+            check_name(self.name)
         for server in self.servers:
             bind = getattr(server, "bind", None)
             if bind is not None:

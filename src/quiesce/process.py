@@ -31,15 +31,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_and_exit(main: Callable[[], Coroutine[Any, Any, int]], cancel_grace: float) -> NoReturn:
-    """Run ``main()`` in a new loop, clean up, and exit the process with the code it returns.
+def run_and_exit(
+    main: Callable[[], Coroutine[Any, Any, int]],
+    cancel_grace: float,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> NoReturn:
+    """Run ``main()`` in ``loop`` (default: a new one), clean up, exit with the code it returns.
 
     Tasks still in the loop afterwards are cancelled and get ``cancel_grace``
     seconds; if one ignores that, the process leaves at once (the report has
     already named it) instead of hanging in the loop's shutdown.
     """
     configure_logging()
-    loop = new_event_loop()
+    if loop is None or loop.is_closed() or loop.is_running():
+        loop = new_event_loop()
     asyncio.set_event_loop(loop)
     code = 1  # main() raised: the traceback says why
     try:

@@ -101,7 +101,9 @@ class Report:
             + (f", stop after {self.reason}" if self.reason else "")
             + (f", stop took {self.stop_duration:.3f}s" if self.stop else "")
         ]
-        if self.error:
+        # Said once: a step's own error line already carries it when that step failed.
+        recorded = (e for r in (*self.start, *self.stop) for e in r.errors)
+        if self.error and not any(e.endswith(self.error) for e in recorded):
             lines.append(f"  error: {self.error}")
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:

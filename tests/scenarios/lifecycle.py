@@ -8,10 +8,12 @@ itself logs on stderr. Servers bind real loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from quiesce import App
@@ -220,8 +222,17 @@ def stubborn_task(app: App) -> None:
         _ = app.spawn(stubborn(), name="stubborn")
 
 
+def file_registry(app: App) -> str:
+    """Register in a file registry beside the report file; returns its directory."""
+    assert app.report_file is not None
+    folder = Path(app.report_file).parent / "registry"
+    app.registry = f"file://{folder}"
+    return str(folder)
+
+
 def blocked_loop(app: App) -> None:
     app.stop_timeout = 1.0
+    file_registry(app)
 
     async def blocks_the_loop() -> None:
         await app.stopping
@@ -231,6 +242,60 @@ def blocked_loop(app: App) -> None:
     @app.after_start
     def begin() -> None:
         _ = app.spawn(blocks_the_loop(), name="blocks_the_loop")
+
+
+def blocked_start(app: App) -> None:
+    app.start_timeout = 1.0
+
+    @app.before_start
+    async def warm_up() -> None:
+        event("warm-up-begin")
+        time.sleep(1000)  # noqa: ASYNC251 - the bug under test: a sync call blocks the start
+
+
+def swallowing_hook(app: App) -> None:
+    app.stop_timeout = 1.0
+    app.hook_timeout = 10.0  # the default: the stop's own bound must still end it
+    file_registry(app)
+
+    @app.before_stop
+    async def refuses_to_stop() -> None:
+        event("hook-begin")
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                event("swallowed")
+
+
+#: Untracked tasks of a case, held so that they are not garbage-collected.
+UNTRACKED: set[asyncio.Task[None]] = set()
+
+
+def late_leftover(app: App) -> None:
+    async def untracked() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # Still unwinding (within cancel_grace) after the report: a window for a signal.
+            event("leftover-cancelled")
+            await asyncio.sleep(0.4)
+
+    @app.after_start
+    async def begin() -> None:
+        UNTRACKED.add(asyncio.create_task(untracked()))
+
+    @app.after_stop
+    def after() -> None:
+        event("after-stop")
+
+
+def idle(app: App) -> None:
+    """Nothing but the probe server: for signals the app must not stop on."""
+
+
+def uncatchable(app: App) -> None:
+    app.signals = [signal.SIGTERM, signal.SIGKILL]
 
 
 CASES: dict[str, Callable[[App], None]] = {
@@ -250,6 +315,11 @@ CASES: dict[str, Callable[[App], None]] = {
         resources,
         stubborn_task,
         blocked_loop,
+        blocked_start,
+        swallowing_hook,
+        late_leftover,
+        idle,
+        uncatchable,
     )
 }
 

@@ -214,3 +214,23 @@ def test_blocked_loop_cannot_outlive_the_stop_timeout(service: Start) -> None:
     # stop_timeout 1 s + the watchdog's 2 s margin, with margin for a loaded machine.
     assert 2.5 < svc.exit_time - sent < 3.0 + 1.5
     assert "the stop overran stop_timeout=1s" in svc.output
+
+
+def test_sighup_is_ignored_with_a_log_line_and_sigquit_dumps_the_tasks(service: Start) -> None:
+    svc = started(service, "idle")
+    svc.signal(signal.SIGHUP)
+    svc.wait_for("SIGHUP ignored: the service keeps running")
+    svc.signal(signal.SIGQUIT)
+    svc.wait_for(r"task dump: \d+ tasks")
+    assert svc.proc.poll() is None
+    svc.signal(signal.SIGTERM)
+    assert svc.wait() == 0, svc.output
+    assert svc.report()["reason"] == "signal SIGTERM"
+
+
+def test_uncatchable_stop_signal_is_exit_2_with_one_line(service: Start) -> None:
+    svc = service(MODULE, "uncatchable")
+    assert svc.wait() == 2, svc.output
+    assert len(svc.lines) == 1, svc.output
+    assert "signals: SIGKILL cannot be caught" in svc.lines[0]
+    assert svc.events() == []

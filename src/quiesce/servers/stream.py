@@ -41,7 +41,7 @@ class StreamServer:
         self.host = host
         self.port = port
         self.name = name
-        self.depends_on = tuple(depends_on)
+        self.depends_on: Sequence[str] = tuple(depends_on)
         self.stop_timeout = stop_timeout
         self.draining = False
         self._server: asyncio.Server | None = None
