@@ -29,7 +29,13 @@ import uvicorn
 from quiesce.config import check_listen
 from quiesce.errors import ConfigError, StartError
 from quiesce.phases import State
-from quiesce.servers.uvicorn_parts import OPTION_RULES, ConnectionSet, LifespanLog
+from quiesce.servers.uvicorn_parts import (
+    OPTION_RULES,
+    ConnectionSet,
+    LifespanLog,
+    describe,
+    unsent_bytes,
+)
 
 if TYPE_CHECKING:
     from quiesce.app import App
@@ -311,10 +317,10 @@ class HTTPServer:
             cycle = getattr(connection, "cycle", None)
             scope = cycle.scope if cycle is not None else getattr(connection, "scope", None)
             if scope is not None and (cycle is None or not cycle.response_complete):
-                cut.append(_describe(scope))
-            elif scope is not None and (unsent := _unsent(connection.transport)):
+                cut.append(describe(scope))
+            elif scope is not None and (unsent := unsent_bytes(connection.transport)):
                 # The app finished, the client did not read it all: the abort loses the rest.
-                cut.append(_describe(scope, unsent))
+                cut.append(describe(scope, unsent))
             if cycle is not None:
                 # Abort first: the cancelled handler then finds its client gone and
                 # uvicorn stays quiet instead of logging a traceback per request.
@@ -433,23 +439,3 @@ def _closing(send: Send) -> Send:
 
 
 _LIVE = (State.STARTING, State.RUNNING, State.STOPPING)
-
-
-def _describe(scope: Scope, unsent: int = 0) -> str:
-    client = scope.get("client")
-    where = f"{client[0]}:{client[1]}" if client else "?"
-    what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
-    if scope.get("type") == "websocket":
-        return f"websocket {scope.get('path', '?')} from {where} [closed 1001]"
-    if unsent:
-        return f"response {what} to {where} [cut: {unsent} bytes unsent]"
-    return f"request {what} from {where} [cut]"
-
-
-def _unsent(transport: asyncio.BaseTransport) -> int:
-    """Bytes still in ``transport``'s buffer: what aborting it loses.
-
-    What the kernel already holds is not counted: closing the socket lets the
-    kernel deliver it (measured: a client read all of it after the abort).
-    """
-    return int(getattr(transport, "get_write_buffer_size", lambda: 0)())

@@ -1,8 +1,8 @@
 """What :class:`~quiesce.HTTPServer` puts in place of, or around, uvicorn's own pieces.
 
-The rules its uvicorn options must meet (checked before anything binds), the
-connection set that says when it empties, and the lifespan logger that keeps
-uvicorn's startup errors to one line.
+The rules its uvicorn options must meet (checked before anything binds), how a
+cut connection is named, the connection set that says when it empties, and the
+lifespan logger that keeps uvicorn's startup errors to one line.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, MutableSet
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSet
 from typing import Any
 
 from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOG_LEVELS, WS_PROTOCOLS
 from uvicorn.importer import ImportFromStringError, import_from_string
 
-__all__ = ["OPTION_RULES", "ConnectionSet", "LifespanLog"]
+__all__ = ["OPTION_RULES", "ConnectionSet", "LifespanLog", "describe", "unsent_bytes"]
 
 logger = logging.getLogger("quiesce.http")
 
@@ -77,6 +77,27 @@ OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "ws": (_protocol(WS_PROTOCOLS), f"one of {', '.join(map(repr, WS_PROTOCOLS))}{_PROTOCOL}"),
 }
+
+
+def describe(scope: MutableMapping[str, Any], unsent: int = 0) -> str:
+    """How the report names a cut request, response or WebSocket."""
+    client = scope.get("client")
+    where = f"{client[0]}:{client[1]}" if client else "?"
+    what = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    if scope.get("type") == "websocket":
+        return f"websocket {scope.get('path', '?')} from {where} [closed 1001]"
+    if unsent:
+        return f"response {what} to {where} [cut: {unsent} bytes unsent]"
+    return f"request {what} from {where} [cut]"
+
+
+def unsent_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes still in ``transport``'s buffer: what aborting it loses.
+
+    What the kernel already holds is not counted: closing the socket lets the
+    kernel deliver it (measured: a client read all of it after the abort).
+    """
+    return int(getattr(transport, "get_write_buffer_size", lambda: 0)())
 
 
 class ConnectionSet(MutableSet[Any]):
