@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
+import quiesce.tasks as tasks_module
 from quiesce.errors import StoppedError
 from quiesce.phases import Outcome, PhaseRecord
 from quiesce.tasks import TaskTracker
@@ -130,3 +133,61 @@ async def test_tracker_spawns_from_threads_racing_the_idle_close_are_refused_or_
     # (measured on the code before the fix): 100 rounds miss it with odds of ~1e-6.
     for _ in range(100):
         await race_the_close(hold=False)
+
+
+async def test_tracker_spawn_from_another_event_loop_runs_on_the_apps_loop() -> None:
+    tracker = bound_tracker()
+    loop = asyncio.get_running_loop()
+    finished: list[str] = []
+    spawned: list[asyncio.Task[None]] = []
+
+    async def work() -> None:
+        await asyncio.sleep(0.05)
+        finished.append("work")
+
+    async def other_loop() -> None:
+        spawned.append(tracker.spawn(work(), "from-other-loop"))
+
+    await loop.run_in_executor(None, asyncio.run, other_loop())
+    (task,) = spawned
+    assert task.get_loop() is loop, "tracked (and waited for) on the app's loop"
+    record = PhaseRecord("tasks", 0.0)
+    async with asyncio.timeout(5):
+        await tracker.stop(record, budget=2.0, cancel_grace=0.1)
+    assert finished == ["work"]
+    assert record.outcome is Outcome.OK
+
+
+async def test_tracker_spawn_that_timed_out_in_the_caller_never_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks_module, "HANDOFF_TIMEOUT", 0.05)
+    tracker = bound_tracker()
+    loop = asyncio.get_running_loop()
+    ran: list[str] = []
+    raised: list[BaseException] = []
+    gave_up = threading.Event()
+
+    async def work() -> None:
+        ran.append("work")
+
+    def from_thread() -> None:
+        try:
+            _ = tracker.spawn(work(), "late")
+        except TimeoutError as exc:
+            raised.append(exc)
+        finally:
+            gave_up.set()
+
+    thread = threading.Thread(target=from_thread, daemon=True)
+    thread.start()
+    # The loop is busy (blocked on purpose) until the caller has given up waiting.
+    assert gave_up.wait(timeout=5)
+    await loop.run_in_executor(None, thread.join, 5)
+    record = PhaseRecord("tasks", 0.0)
+    async with asyncio.timeout(5):
+        await tracker.stop(record, budget=1.0, cancel_grace=0.1)
+    assert ran == [], "the caller was told it did not start: it must not run later"
+    assert record.waited_for == []
+    (exc,) = raised
+    assert str(exc).endswith("it was not started")
