@@ -637,3 +637,11 @@ async def test_server_protocol_subclass_with_plain_attributes_runs() -> None:
     report = await app.serve()
     assert report.exit_code == ExitCode.OK
     assert mine.started
+
+
+async def test_name_that_would_escape_its_etcd_prefix_is_a_bad_configuration() -> None:
+    app = App(name="orders/admin", registry="etcd://127.0.0.1:1")  # never contacted
+    report = await app.serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error is not None
+    assert "contains '/'" in report.error
