@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import quiesce.tasks as tasks_module
+from quiesce import App, ExitCode
 from quiesce.errors import StoppedError
 from quiesce.phases import Outcome, PhaseRecord
 from quiesce.tasks import TaskTracker
@@ -191,3 +192,28 @@ async def test_tracker_spawn_that_timed_out_in_the_caller_never_starts(
     assert record.waited_for == []
     (exc,) = raised
     assert str(exc).endswith("it was not started")
+
+
+async def test_app_tasks_cut_with_no_cancel_grace_names_and_cancels_the_task() -> None:
+    # cancel_grace=0: the tasks step's backstop and the tracker's budget end together.
+    app = App(name="svc", stop_timeout=1.0, cleanup_reserve=0.2, cancel_grace=0)
+    stuck: list[asyncio.Task[None]] = []
+
+    async def export() -> None:
+        await asyncio.sleep(30)
+
+    @app.after_start
+    async def begin() -> None:
+        stuck.append(app.spawn(export(), name="export"))
+        app.stop()
+
+    async with asyncio.timeout(5):
+        report = await app.serve()
+    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    assert tasks.outcome is Outcome.TIMEOUT
+    (cut,) = tasks.cut
+    assert cut.startswith("task 'export' spawned at tests/test_tasks_stop.py:")
+    assert cut.endswith("[cancelled, not awaited]")
+    _ = await asyncio.wait(stuck, timeout=1)  # cancelled, not waited for: let it land
+    assert stuck[0].cancelled()
+    assert report.exit_code == ExitCode.INCOMPLETE

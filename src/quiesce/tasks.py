@@ -331,7 +331,10 @@ class TaskTracker:
                 await asyncio.wait(described, timeout=grace)
         finally:  # named even when a force cuts the grace short
             for task, where in described.items():
-                state = "ignored cancellation" if not task.done() else "cancelled"
+                if task.done():
+                    state = "cancelled"
+                else:  # with no grace it had no chance to unwind: it did not ignore anything
+                    state = "ignored cancellation" if grace > 0 else "cancelled, not awaited"
                 record.timed_out(f"{where} [{state}]")
         self._sweep()
         with self._lock:
