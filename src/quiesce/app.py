@@ -563,6 +563,7 @@ class App:
         async with seq.step("forced", FORCE_GRACE) as rec:
             rec.mark(Outcome.FORCED)
             rec.cut.extend(self._tracker.abandon())
+            self._tracker.record_failures(rec)  # the tasks phase may never have run
             await self._group.stop_at_once(rec)
             await self._resources.close(rec, FORCE_GRACE / 3, at_once=True)
 

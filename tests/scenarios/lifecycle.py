@@ -123,6 +123,17 @@ def long_drain(app: App) -> None:
         _ = app.spawn(reconcile(), name="reconcile")
 
 
+def failed_task_long_drain(app: App) -> None:
+    long_drain(app)
+
+    async def charge_card() -> None:
+        raise ValueError("card declined")
+
+    @app.after_start
+    def begin_charge() -> None:
+        _ = app.spawn(charge_card(), name="charge_card")
+
+
 def one_fails(app: App) -> None:
     app.servers = [
         ProbeServer("good", start_delay=0.0),
@@ -305,6 +316,7 @@ CASES: dict[str, Callable[[App], None]] = {
         stopping_hook,
         hanging_hook,
         long_drain,
+        failed_task_long_drain,
         one_fails,
         port_in_use,
         cycle,

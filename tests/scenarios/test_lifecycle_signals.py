@@ -74,6 +74,20 @@ def test_second_signal_during_drain_forces_exit(service: Start) -> None:
     assert any("server main" in c for c in cut), cut
 
 
+def test_task_failure_is_in_the_report_when_a_force_ends_the_stop_before_the_tasks_phase(
+    service: Start,
+) -> None:
+    svc = started(service, "failed_task_long_drain")
+    svc.wait_for("tracked task 'charge_card'.* failed")
+    first = svc.signal(signal.SIGTERM)
+    svc.wait_for(r"stop phase=deregister")
+    time.sleep(max(0.0, first + REPEAT_WINDOW * 2 - time.monotonic()))
+    svc.signal(signal.SIGTERM)
+    assert svc.wait() == 3, svc.output
+    forced = svc.phase("forced")
+    assert any("charge_card" in e and "card declined" in e for e in forced["errors"]), forced
+
+
 def test_failed_server_start_stops_the_other_and_names_the_culprit(service: Start) -> None:
     svc = service(MODULE, "one_fails")
     assert svc.wait() == 1, svc.output
