@@ -175,6 +175,7 @@ class App:
         self._owns_process = False
         self._steps: Steps | None = None  # the sequence running now, for the watchdog
         self._watchdog: Watchdog | None = None
+        self._report_file_checked = False  # a report_file that failed its check is not written
 
     @property
     def cleanup_reserve(self) -> float:
@@ -297,7 +298,8 @@ class App:
             return (await self.serve()).exit_code
 
         # A grpc.aio.Server built at import time is bound to the loop current then: run on it.
-        bound = [loop for s in self.servers if (loop := getattr(s, "bound_loop", None))]
+        servers = self.servers if isinstance(self.servers, list) else []  # else exit 2 soon
+        bound = [loop for s in servers if (loop := getattr(s, "bound_loop", None))]
         run_and_exit(main, self.cancel_grace, bound[0] if bound else None)
 
     async def serve(self) -> Report:
@@ -344,7 +346,7 @@ class App:
         return await self._finish()
 
     async def _finish(self) -> Report:
-        if self.report_file is not None:
+        if self.report_file is not None and self._report_file_checked:
             try:
                 await asyncio.to_thread(self.report.write, self.report_file)
             except OSError as exc:  # the stop itself went as the report says: keep its code
@@ -648,6 +650,9 @@ class App:
     # -- configuration ---------------------------------------------------------
 
     def _validate(self) -> None:
+        # First: once it is known to be writable, every other bad option still gets a report.
+        config.check_report_file(self.report_file)
+        self._report_file_checked = True
         config.check_servers(self.servers)
         config.check_signals(self.signals)
         config.check_identity(self.name, self.version)
@@ -664,7 +669,6 @@ class App:
         )
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
-        config.check_report_file(self.report_file)
         config.check_names(self.servers, self._resources.resources)
         config.check_registry(self.registry)
         self._group = ServerGroup(self.servers)

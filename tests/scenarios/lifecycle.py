@@ -309,6 +309,14 @@ def uncatchable(app: App) -> None:
     app.signals = [signal.SIGTERM, signal.SIGKILL]
 
 
+def no_servers(app: App) -> None:
+    app.servers = None  # type: ignore[assignment]  # the user's mistake under test
+
+
+def unwritable_report(app: App) -> None:
+    app.report_file = "/nonexistent-quiesce-dir/report.json"
+
+
 CASES: dict[str, Callable[[App], None]] = {
     f.__name__: f
     for f in (
@@ -332,6 +340,8 @@ CASES: dict[str, Callable[[App], None]] = {
         late_leftover,
         idle,
         uncatchable,
+        no_servers,
+        unwritable_report,
     )
 }
 

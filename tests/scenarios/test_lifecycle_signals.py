@@ -6,6 +6,8 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from conftest import Service, check_port_in_use_fails_start
 from quiesce.signals import REPEAT_WINDOW
 
@@ -242,9 +244,17 @@ def test_sighup_is_ignored_with_a_log_line_and_sigquit_dumps_the_tasks(service: 
     assert svc.report()["reason"] == "signal SIGTERM"
 
 
-def test_uncatchable_stop_signal_is_exit_2_with_one_line(service: Start) -> None:
-    svc = service(MODULE, "uncatchable")
+@pytest.mark.parametrize(
+    ("case", "line"),
+    [
+        ("uncatchable", "signals: SIGKILL cannot be caught"),
+        ("no_servers", "servers=None: must be a list of quiesce.Server objects"),
+        ("unwritable_report", "the directory /nonexistent-quiesce-dir does not exist"),
+    ],
+)
+def test_bad_option_under_run_is_exit_2_with_one_line(service: Start, case: str, line: str) -> None:
+    svc = service(MODULE, case)
     assert svc.wait() == 2, svc.output
     assert len(svc.lines) == 1, svc.output
-    assert "signals: SIGKILL cannot be caught" in svc.lines[0]
+    assert line in svc.lines[0]
     assert svc.events() == []
