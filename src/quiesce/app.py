@@ -298,7 +298,8 @@ class App:
             return (await self.serve()).exit_code
 
         # A grpc.aio.Server built at import time is bound to the loop current then: run on it.
-        servers = self.servers if isinstance(self.servers, list) else []  # else exit 2 soon
+        given: object = self.servers  # not a list: the validation makes it exit 2
+        servers = self.servers if isinstance(given, list) else []
         bound = [loop for s in servers if (loop := getattr(s, "bound_loop", None))]
         run_and_exit(main, self.cancel_grace, bound[0] if bound else None)
 
