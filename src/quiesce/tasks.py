@@ -2,8 +2,10 @@
 
 Only tracked work is waited for at stop; other tasks of the loop are not
 (aiohttp tried waiting for every task and reverted it). Each task remembers
-where it was spawned, so the report can name what the deadline cut, and a
-task that fails is logged when it fails and kept as an error of the stop.
+where it was spawned, so the report can name what the deadline cut
+(:mod:`quiesce.stacks` says how), and a task that fails is logged when it fails
+and kept as an error of the stop. Each job of ``every`` (a
+:class:`~quiesce.periodic.PeriodicJob`) runs as a tracked task.
 
 Whether a spawn is accepted is decided on the loop, where the task phase
 closes: once it has closed (idle, or its cut has begun) every spawn raises
@@ -17,25 +19,22 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine
-from types import CodeType, CoroutineType, FrameType, TracebackType
+from types import CoroutineType, TracebackType
 from typing import Any, TypeVar
 
 from quiesce.errors import StoppedError, describe
-from quiesce.hooks import call, callable_name
+from quiesce.hooks import callable_name
+from quiesce.periodic import PeriodicJob
 from quiesce.phases import Outcome, PhaseRecord
+from quiesce.stacks import Entry, describe_task, task_stack, tracked_wrapper, where
 
 __all__ = ["Guard", "PeriodicJob", "TaskTracker", "describe_task", "task_stack"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
-#: A tracked task's spawn site (code, line) and its coroutine, kept so that a task
-#: cancelled before its first step can close it (no "never awaited" warning).
-Entry = tuple[CodeType, int, Coroutine[Any, Any, Any]]
 
 #: How long spawn() from another thread waits for the loop to create the task.
 HANDOFF_TIMEOUT = 5.0
@@ -153,6 +152,7 @@ class TaskTracker:
             self._sweep()
         return task
 
+    @tracked_wrapper
     async def _run(self, entry: Entry) -> Any:
         # A wrapper, not a done-callback: no loop handle per task, and the failure is
         # logged from inside the task, when it happens, not at the next sweep.
@@ -160,7 +160,7 @@ class TaskTracker:
             return await entry[2]
         except Exception as exc:
             task = asyncio.current_task()
-            what = f"task {task.get_name() if task else '?'!r} spawned at {_where(*entry[:2])}"
+            what = f"task {task.get_name() if task else '?'!r} spawned at {where(*entry[:2])}"
             logger.error("tracked %s failed: %s", what, describe(exc), exc_info=exc)
             self._failed += 1
             if len(self._failures) < FAILURES_KEPT:
@@ -383,109 +383,9 @@ class Guard:
         self.__exit__(et, ev, tb)
 
 
-class PeriodicJob:
-    """``fn`` run every ``seconds`` (fixed rate, missed ticks skipped) until the stop.
-
-    At the stop a running iteration finishes; no new one starts. An iteration
-    that raises is logged and the job goes on; the stop records the job as
-    failed (``failures`` of ``runs``, with the last error).
-    """
-
-    def __init__(
-        self, seconds: float, fn: Callable[[], Any], name: str, site: tuple[CodeType, int]
-    ) -> None:
-        self.seconds = seconds
-        self.site = site
-        self.fn = fn
-        self.name = name
-        self.runs = 0
-        self.failures = 0
-        self.last_error: BaseException | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, tracker: TaskTracker, stop: asyncio.Event) -> None:
-        """Start the job's loop as a tracked task."""
-        if self.task is None:
-            loop = asyncio.get_running_loop()
-            entry = (*self.site, self._loop(stop))
-            self.task = tracker._create(loop, entry, f"every {self.name}")
-
-    async def _loop(self, stop: asyncio.Event) -> None:
-        next_run = time.monotonic()
-        while not stop.is_set():
-            try:
-                await call(self.fn)
-            except Exception as exc:
-                logger.exception(
-                    "periodic job %s (declared at %s) failed", self.name, _where(*self.site)
-                )
-                self.failures += 1
-                self.last_error = exc
-            self.runs += 1
-            now = time.monotonic()
-            next_run += self.seconds
-            if next_run < now:  # overran: skip the missed ticks instead of bursting
-                next_run = now + self.seconds - (now - next_run) % self.seconds
-            try:
-                async with asyncio.timeout(next_run - now):
-                    await stop.wait()
-            except TimeoutError:
-                pass
-
-
-def task_stack(task: asyncio.Task[Any]) -> list[str]:
-    """The task's await chain, outermost first, as ``file:line in func`` strings.
-
-    Follows ``cr_await`` through nested coroutines, which ``Task.get_stack()``
-    does not do.
-    """
-    frames: list[str] = []
-    coro: Any = task.get_coro()
-    while coro is not None:
-        frame: FrameType | None = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
-            break
-        if frame.f_code is not _RUN_CODE:  # the tracker's wrapper is not the user's stack
-            frames.append(f"{_where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return frames
-
-
-def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | Entry | None = None) -> str:
-    """One line: the task's name, where it was spawned and where it is now.
-
-    A tracked task knows its spawn site when ``site`` is not given (a dump of
-    every task of the loop).
-    """
-    if site is None:
-        frame = getattr(task.get_coro(), "cr_frame", None)
-        if frame is not None and frame.f_code is _RUN_CODE:
-            site = frame.f_locals.get("entry")
-    text = f"task {task.get_name()!r}"
-    if site is not None:
-        text += f" spawned at {_where(site[0], site[1])}"
-    stack = task_stack(task)
-    if stack:
-        text += " at " + " <- ".join(reversed(stack))
-    return text
-
-
-_RUN_CODE = TaskTracker._run.__code__
-
-
 def _cancel(task: asyncio.Task[Any], entry: Entry) -> None:
     """Cancel a tracked task that may not be swept again (the stop is ending)."""
     task.cancel()
     wrapper: Any = task.get_coro()
     if inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED:
         entry[2].close()  # its wrapper never ran: nothing else will close it
-
-
-def _where(code: CodeType, line: int) -> str:
-    # Paths under the working directory are shown relative: shorter report lines.
-    path = code.co_filename
-    with contextlib.suppress(ValueError):
-        relative = os.path.relpath(path)
-        if not relative.startswith(".."):
-            path = relative
-    return f"{path}:{line}"
