@@ -21,7 +21,8 @@ from conftest import free_ports
 from quiesce import App, ExitCode
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, RegistryError, from_url, kratos_endpoint
-from quiesce.registry.etcd import EtcdError, EtcdRegistry, _b64
+from quiesce.registry.etcd import EtcdError, EtcdRegistry
+from quiesce.registry.etcd_gateway import _b64
 from quiesce.registry.file import DEFAULT_DIR, FileRegistry
 
 from .conftest import Cluster, ids, make_tls, next_list
