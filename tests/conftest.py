@@ -27,7 +27,8 @@ class Service:
     def __init__(self, module: str, args: list[str], report: Path) -> None:
         self.report_path = report
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")])
+        # tests/ too: scenario services share scenarios.events, as the tests import them.
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), str(ROOT / "tests")])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, args[0], str(report), *args[1:]],
             cwd=ROOT,

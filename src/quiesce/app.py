@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
 
-from quiesce import config
+from quiesce import config, logqueue
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
@@ -100,6 +100,11 @@ class App:
         registry_timeout: bound on each registry call at start and at stop.
         registry_required: when registration fails at start, fail the start (True), or
             serve anyway and keep registering in the background (False).
+        report_file: also write the report there, as JSON.
+        log_queue: write log records from a thread, through a bounded queue, so that a
+            stalled log stream cannot block the loop (see :mod:`quiesce.logqueue`).
+            None: :meth:`run` does it for the handlers it sets up; True: over the
+            root logger's handlers, in :meth:`serve` too; False: never.
 
     """
 
@@ -123,6 +128,7 @@ class App:
         registry_timeout: float = 5.0,
         registry_required: bool = True,
         report_file: str | os.PathLike[str] | None = None,
+        log_queue: bool | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -143,6 +149,7 @@ class App:
         self.registry_timeout = registry_timeout
         self.registry_required = registry_required
         self.report_file = report_file
+        self.log_queue = log_queue
 
         #: Set once every server is ready (and the instance registered), before ``after_start``.
         self.ready = LifecycleEvent()
@@ -301,7 +308,8 @@ class App:
         given: object = self.servers  # not a list: the validation makes it exit 2
         servers = self.servers if isinstance(given, list) else []
         bound = [loop for s in servers if (loop := getattr(s, "bound_loop", None))]
-        run_and_exit(main, self.cancel_grace, bound[0] if bound else None)
+        loop = bound[0] if bound else None
+        run_and_exit(main, self.cancel_grace, loop, log_queue=self.log_queue)
 
     async def serve(self) -> Report:
         """Run the whole lifecycle in the running loop and return the report.
@@ -341,12 +349,22 @@ class App:
             on_force_signal=self._arm_force_watchdog,
             until_exit=self._owns_process,
         )
-        with scope:
-            await self._lifecycle()
-        logger.info("%s", self.report.to_text())
-        return await self._finish()
+        logs = None
+        if self.log_queue and not self._owns_process and logqueue.current() is None:
+            logs = logqueue.LogQueue().install()
+        try:
+            with scope:
+                await self._lifecycle()
+            return await self._finish(show=True)
+        finally:
+            if logs is not None:
+                await asyncio.to_thread(logs.close)
 
-    async def _finish(self) -> Report:
+    async def _finish(self, *, show: bool = False) -> Report:
+        if (logs := logqueue.current()) is not None:
+            self.report.log_records_dropped = logs.dropped
+        if show:
+            logger.info("%s", self.report.to_text())
         if self.report_file is not None and self._report_file_checked:
             try:
                 await asyncio.to_thread(self.report.write, self.report_file)

@@ -41,6 +41,8 @@ class Report:
     #: ``time.monotonic()`` when the stop began (phase offsets count from it); on one host
     #: the monotonic clock is shared, so other processes can line events up against it.
     stop_began: float | None = None
+    #: Log records dropped because the log stream did not keep up (see :mod:`quiesce.logqueue`).
+    log_records_dropped: int = 0
 
     @property
     def cut(self) -> list[str]:
@@ -70,6 +72,7 @@ class Report:
             "start": [r.as_dict() for r in self.start],
             "stop": [r.as_dict() for r in self.stop],
             "stop_began": self.stop_began,
+            "log_records_dropped": self.log_records_dropped,
         }
 
     def to_json(self) -> str:
@@ -105,6 +108,8 @@ class Report:
         recorded = (e for r in (*self.start, *self.stop) for e in r.errors)
         if self.error and not any(e.endswith(self.error) for e in recorded):
             lines.append(f"  error: {self.error}")
+        if self.log_records_dropped:
+            lines.append(f"  log: {self.log_records_dropped} records dropped (the stream stalled)")
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:
                 timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"

@@ -6,15 +6,17 @@ loop can fire, so a thread ends the process at the bound. Before it does, it
 finds out which of the two it is (it pings the loop), where the loop's thread
 is, writes the report so far with the step that never ended and what could not
 be undone (an instance left in the registry), and only then exits. Its words
-go to stderr from a helper thread it waits on for a bounded time: a stalled
-log pipe cannot hold the exit.
+go to the log queue when one runs, else to stderr from a helper thread; either
+way it waits for them a bounded time: a stalled log pipe cannot hold the exit.
+(faulthandler is not used: it writes with the GIL held, so a full pipe would
+freeze every thread, this one included.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import faulthandler
+import logging
 import os
 import sys
 import threading
@@ -22,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable
 
+from quiesce import logqueue
 from quiesce.phases import Outcome, PhaseRecord, Sequence
 from quiesce.report import Report
 
@@ -34,6 +37,8 @@ LAST_WORDS_TIMEOUT = 1.0
 
 #: Called in the watchdog's thread with the cause line and the exit code; returns the report.
 LastReport = Callable[[str, int], Report]
+
+logger = logging.getLogger("quiesce.lifecycle")
 
 
 class Watchdog:
@@ -62,13 +67,18 @@ class Watchdog:
         else:
             cause = f"{why} (the loop runs, but the step did not end: it ignores cancellation)"
         report = self._last(cause, code)
-        words = f"quiesce: {cause}; exiting {code}\n{report.to_text()}\n"
+        words = f"quiesce: {cause}; exiting {code}\n{report.to_text()}\n{_stacks()}"
         if self._report_file is not None:
             try:
                 report.write(self._report_file)
             except OSError as exc:
                 words += f"quiesce: cannot write the report to {self._report_file}: {exc}\n"
-        _say(words)
+        logs = logqueue.current()
+        if logs is not None:
+            logger.critical("%s", words.rstrip("\n"))
+            logs.close(LAST_WORDS_TIMEOUT)
+        else:
+            _say(words)
         os._exit(code)
 
     def _loop_answers(self) -> bool:
@@ -122,16 +132,26 @@ def last_report(
 
 
 def _say(words: str) -> None:
-    """Write ``words`` and every thread's stack to stderr; wait at most LAST_WORDS_TIMEOUT."""
+    """Write ``words`` to stderr's descriptor; wait at most LAST_WORDS_TIMEOUT for it."""
 
     def write() -> None:
+        data = words.encode("utf-8", "replace")
         try:
-            sys.stderr.write(words)
-            sys.stderr.flush()
-            faulthandler.dump_traceback(all_threads=True)
-        except (OSError, ValueError):  # stderr closed or gone: the report file has it
+            while data:  # os.write releases the GIL: only this thread waits on a full pipe
+                data = data[os.write(2, data) :]
+        except OSError:  # stderr closed or gone: the report file has it
             pass
 
     writer = threading.Thread(target=write, name="quiesce last words", daemon=True)
     writer.start()
     writer.join(LAST_WORDS_TIMEOUT)
+
+
+def _stacks() -> str:
+    """Every thread's stack, most recent call last (what faulthandler would print)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        parts.append(f"Thread {names.get(ident, ident)!r} (most recent call last):\n{stack}")
+    return "".join(parts)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 import grpc
 
 from quiesce import App
 from quiesce.servers.grpc import GRPCServer
+from scenarios.events import event
 
 HOW, REPORT_FILE = sys.argv[1], sys.argv[2]
 
@@ -40,7 +40,7 @@ app = App(name="orders", servers=[GRPCServer(server, port=0)], report_file=REPOR
 
 @app.after_start
 def ready() -> None:
-    print(f"EVENT ready {app.info.endpoints[0]} {time.monotonic():.6f}", flush=True)
+    event(f"ready {app.info.endpoints[0]}")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from quiesce import App
 from quiesce.servers.grpc import GRPCServer
+from scenarios.events import event
 
 SERVICE = "quiesce.test.Echo"
 SLEEP = f"/{SERVICE}/Sleep"
 FEED = f"/{SERVICE}/Feed"
-
-
-def event(what: str) -> None:
-    print(f"EVENT {what} {time.monotonic():.6f}", flush=True)
 
 
 async def sleep(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quiesce import App
 from quiesce.servers.asgi import HTTPServer
+from scenarios.events import say
 
 case, report_file, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 # The load tests hold thousands of connections.
@@ -103,7 +104,7 @@ app.add_server(http_server)
 
 @app.after_start
 def ready() -> None:
-    print("READY", flush=True)
+    say("READY")
 
 
 app.run()

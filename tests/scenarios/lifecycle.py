@@ -18,10 +18,7 @@ from typing import Any
 
 from quiesce import App
 from quiesce.servers.stream import StreamServer
-
-
-def event(what: str) -> None:
-    print(f"EVENT {what} {time.monotonic():.6f}", flush=True)
+from scenarios.events import event
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from quiesce import App
 from quiesce.servers.asgi import HTTPServer
+from scenarios.events import say
 
 #: The drain delay unless argv says otherwise: far above the discovery latency
 #: (etcd pushes the delete within milliseconds, the file registry polls).
@@ -51,7 +52,7 @@ def main() -> None:
 
     @app.after_start
     def ready() -> None:
-        print(f"READY {app.id}", flush=True)
+        say(f"READY {app.id}")
 
     app.run()
 

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable
 
 from quiesce import App
 from quiesce.servers.stream import StreamServer
-
-
-def event(what: str) -> None:
-    print(f"EVENT {what} {time.monotonic():.6f}", flush=True)
+from scenarios.events import event
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
