@@ -22,11 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Service:
-    """A scenario service in a subprocess; its output is read line by line as it comes."""
+    """A scenario service in a subprocess; its output is read line by line as it comes.
 
-    def __init__(self, module: str, args: list[str], report: Path) -> None:
+    With ``stalled_stderr`` its stderr is a pipe of its own that nobody reads (a log
+    collector that stopped reading): only stdout is read.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        args: list[str],
+        report: Path,
+        *,
+        stalled_stderr: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.report_path = report
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         # tests/ too: scenario services share scenarios.events, as the tests import them.
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src"), str(ROOT / "tests")])
         self.proc = subprocess.Popen(
@@ -34,7 +46,7 @@ class Service:
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE if stalled_stderr else subprocess.STDOUT,
             text=True,
         )
         self.lines: list[str] = []
@@ -105,6 +117,8 @@ class Service:
         self._reader.join(timeout=5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     @property
     def output(self) -> str:
@@ -136,8 +150,11 @@ def service(tmp_path: Path) -> Iterator[Any]:
     """Start scenario services; any still running at the end of the test are killed."""
     started: list[Service] = []
 
-    def start(module: str, *args: str) -> Service:
-        svc = Service(module, list(args), tmp_path / f"report-{len(started)}.json")
+    def start(
+        module: str, *args: str, stalled_stderr: bool = False, env: dict[str, str] | None = None
+    ) -> Service:
+        report = tmp_path / f"report-{len(started)}.json"
+        svc = Service(module, list(args), report, stalled_stderr=stalled_stderr, env=env)
         started.append(svc)
         return svc
 

@@ -24,7 +24,8 @@ from typing import Any
 __all__ = ["FLUSH_TIMEOUT", "QUEUE_SIZE", "LogQueue", "current"]
 
 #: Records held while the stream does not move; beyond this they are dropped and counted.
-QUEUE_SIZE = 10_000
+#: About 100 kB of lines: a burst far beyond what a healthy stream ever lags behind.
+QUEUE_SIZE = 1000
 #: How long the end of a run waits for the queued records to reach their streams.
 FLUSH_TIMEOUT = 1.0
 

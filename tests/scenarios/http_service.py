@@ -96,8 +96,10 @@ routes = [
 ]
 api = Starlette(routes=routes, lifespan=failing_lifespan if case == "bad_lifespan" else None)
 backlog: object = "x" if case == "bad_option" else 4096  # the load tests hold thousands
+# The log-stall tests need a log line per request: uvicorn's access log.
+access_log = case.startswith("logged")
 http_server = HTTPServer(
-    api, port=port, stop_timeout=stop_timeout, access_log=False, backlog=backlog
+    api, port=port, stop_timeout=stop_timeout, access_log=access_log, backlog=backlog
 )
 app.add_server(http_server)
 

@@ -8,6 +8,8 @@ itself logs on stderr. Servers bind real loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import sys
 import time
@@ -252,6 +254,17 @@ def blocked_loop(app: App) -> None:
         _ = app.spawn(blocks_the_loop(), name="blocks_the_loop")
 
 
+def flooded_then_blocked(app: App) -> None:
+    """Fill the log stream (the test never reads it), then block the loop at the stop."""
+    blocked_loop(app)
+    flood = logging.getLogger("flood")
+
+    @app.after_start
+    def log_a_lot() -> None:
+        for i in range(3000):  # ~300 kB: more than the pipe and the log queue hold
+            flood.warning("line %d %s", i, "x" * 80)
+
+
 def blocked_start(app: App) -> None:
     app.start_timeout = 1.0
 
@@ -332,6 +345,7 @@ CASES: dict[str, Callable[[App], None]] = {
         resources,
         stubborn_task,
         blocked_loop,
+        flooded_then_blocked,
         blocked_start,
         swallowing_hook,
         late_leftover,
@@ -362,6 +376,8 @@ def main() -> None:
         hook_timeout=0.5,
         stop_timeout=10.0,
         report_file=report_file,
+        # The golden test compares the log lines with and without the log queue.
+        log_queue=False if os.environ.get("QUIESCE_TEST_LOG_QUEUE") == "0" else None,
     )
     run_case(app, CASES[case])
 
