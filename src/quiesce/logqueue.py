@@ -19,6 +19,7 @@ import logging
 import logging.handlers
 import queue
 import threading
+import time
 from typing import Any
 
 __all__ = ["FLUSH_TIMEOUT", "QUEUE_SIZE", "LogQueue", "current"]
@@ -54,6 +55,7 @@ class LogQueue:
         self._dropped = 0
         self._unsaid = 0  # dropped, and not yet said by the writer
         self._writer: threading.Thread | None = None
+        self._stop_sent = False
 
     @property
     def dropped(self) -> int:
@@ -76,23 +78,27 @@ class LogQueue:
         """Write what is queued within ``timeout`` seconds, then give the handlers back.
 
         Returns False when the stream did not take it all in time: the writer
-        thread is then left behind (a daemon), still holding its handlers,
-        which are not given back (writing to them would block again).
+        thread (a daemon) then keeps the handlers, which are not given back
+        (writing to them would block again); a later ``close()`` may try again.
         """
         global _current
         if _current is self:
             _current = None
         self.logger.removeHandler(self._front)
-        writer, self._writer = self._writer, None
+        writer = self._writer
         if writer is None:
             return True
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            return False
-        writer.join(timeout)
+        deadline = time.monotonic() + timeout
+        if not self._stop_sent:
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                return False
+            self._stop_sent = True
+        writer.join(max(0.0, deadline - time.monotonic()))
         if writer.is_alive():
             return False
+        self._writer = None
         for handler in self._handlers:
             self.logger.addHandler(handler)
         return True
