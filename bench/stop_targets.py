@@ -7,6 +7,12 @@ kinds serve the same two routes: ``/`` answers ``ok``,
 ``/sleep?ms=N`` answers ``ok`` after N milliseconds. Their OPTION is a stop
 timeout in seconds: ``HTTPServer(stop_timeout=...)`` for quiesce,
 ``shutdown_timeout`` for aiohttp, ``--timeout-graceful-shutdown`` for uvicorn.
+
+The ``-log`` kinds are the same servers with the access log on, logging as
+each does by default: ``quiesce-http-log`` leaves logging to ``App.run()``
+(INFO to stderr, through its log queue), ``uvicorn-cli-log`` is the CLI
+without ``--no-access-log`` at ``--log-level info`` (its access lines go to
+stdout, the rest to stderr).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ def quiesce_stream(port: int) -> None:
     App(name="bench", servers=[StreamServer(echo, port=port)]).run()
 
 
-def quiesce_http(port: int, stop_timeout: str | None = None) -> None:
+def quiesce_http(port: int, stop_timeout: str | None = None, *, access_log: bool = False) -> None:
     """:data:`asgi_app` through ``HTTPServer`` in an ``App`` (uvloop, httptools, no access log)."""
     from quiesce import App
     from quiesce.servers.asgi import HTTPServer
@@ -75,9 +81,14 @@ def quiesce_http(port: int, stop_timeout: str | None = None) -> None:
         port=port,
         stop_timeout=None if stop_timeout is None else float(stop_timeout),
         http="httptools",
-        access_log=False,
+        access_log=access_log,
     )
     App(name="bench", servers=[server]).run()
+
+
+def quiesce_http_log(port: int, stop_timeout: str | None = None) -> None:
+    """:func:`quiesce_http` with the access log on; ``App.run()`` sets up logging (stderr, INFO)."""
+    quiesce_http(port, stop_timeout, access_log=True)
 
 
 def grpc_echo_server() -> grpc.aio.Server:
@@ -114,8 +125,12 @@ def quiesce_http_grpc(port: int, grpc_port: str) -> None:
     App(name="bench", servers=[http, grpc_server]).run()
 
 
-def uvicorn_cli_argv(port: int, *options: str) -> list[str]:
-    """The bare uvicorn CLI serving :data:`asgi_app` with the options ``quiesce_http`` uses."""
+def uvicorn_cli_argv(port: int, *options: str, access_log: bool = False) -> list[str]:
+    """The bare uvicorn CLI serving :data:`asgi_app` with the options ``quiesce_http`` uses.
+
+    ``access_log``: drop ``--no-access-log`` and log at INFO (``--log-level warning``
+    would silence the access logger too), with uvicorn's default log config.
+    """
     return [
         sys.executable,
         "-m",
@@ -131,18 +146,25 @@ def uvicorn_cli_argv(port: int, *options: str) -> list[str]:
         "uvloop",
         "--http",
         "httptools",
-        "--no-access-log",
+        *(() if access_log else ("--no-access-log",)),
         "--log-level",
-        "warning",
+        "info" if access_log else "warning",
         *options,
     ]
 
 
-def uvicorn_cli(port: int, graceful_timeout: str | None = None) -> None:
+def uvicorn_cli(
+    port: int, graceful_timeout: str | None = None, *, access_log: bool = False
+) -> None:
     """Become the uvicorn CLI (same pid, so signals and exit times are the CLI's own)."""
     options = [] if graceful_timeout is None else ["--timeout-graceful-shutdown", graceful_timeout]
-    argv = uvicorn_cli_argv(port, *options)
+    argv = uvicorn_cli_argv(port, *options, access_log=access_log)
     os.execv(argv[0], argv)
+
+
+def uvicorn_cli_log(port: int, graceful_timeout: str | None = None) -> None:
+    """:func:`uvicorn_cli` with the access log on (stdout) at ``--log-level info``."""
+    uvicorn_cli(port, graceful_timeout, access_log=True)
 
 
 def aiohttp_app(port: int, shutdown_timeout: str | None = None) -> None:
@@ -164,17 +186,23 @@ def aiohttp_app(port: int, shutdown_timeout: str | None = None) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, **options)
 
 
+#: Kinds that set up logging themselves (``App.run()``, uvicorn's log config): left alone here.
+OWN_LOGGING = {"quiesce-http-log", "uvicorn-cli-log"}
+
 KINDS: dict[str, Callable[..., None]] = {
     "quiesce-stream": quiesce_stream,
     "quiesce-http": quiesce_http,
+    "quiesce-http-log": quiesce_http_log,
     "quiesce-grpc": quiesce_grpc,
     "quiesce-http+grpc": quiesce_http_grpc,
     "uvicorn-cli": uvicorn_cli,
+    "uvicorn-cli-log": uvicorn_cli_log,
     "aiohttp": aiohttp_app,
 }
 
 if __name__ == "__main__":
     import logging
 
-    logging.basicConfig(level=logging.WARNING)
+    if sys.argv[1] not in OWN_LOGGING:
+        logging.basicConfig(level=logging.WARNING)
     KINDS[sys.argv[1]](int(sys.argv[-1]), *sys.argv[2:-1])

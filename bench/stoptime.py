@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,20 +97,26 @@ def compare(targets: dict[str, Sequence[str]], rounds: int, baseline: str) -> di
 
 @contextlib.contextmanager
 def serving(
-    command: Sequence[str], *, cpus: str | None = None, settle: float = 0.2
+    command: Sequence[str],
+    *,
+    cpus: str | None = None,
+    settle: float = 0.2,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = subprocess.DEVNULL,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run ``command`` with a free port appended until the block ends; yield (process, port).
 
     ``cpus`` pins the server with ``taskset -c`` (taskset execs it: the pid is the server's).
-    The process is killed when the block ends, whatever happened in it.
+    ``stdout`` and ``stderr`` are the server's sinks (as for :class:`subprocess.Popen`;
+    default: discarded). The process is killed when the block ends, whatever happened in it.
     """
     port = free_port()
     pin = ["taskset", "-c", cpus] if cpus is not None else []
     proc = subprocess.Popen(
         [*pin, *command, str(port)],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
     )
     try:
         wait_listening(port, proc)
