@@ -169,7 +169,7 @@ async def test_every_hook_error_is_kept_and_later_hooks_run() -> None:
     stop_when_ready(app)
     report = await app.serve()
     assert ran == ["first", "second", "third"]
-    (before_stop,) = [r for r in report.stop if r.name == "before_stop"]
+    before_stop = report.step("before_stop")
     assert before_stop.outcome is Outcome.ERROR
     assert len(before_stop.errors) == 2
     assert "ValueError: first failed" in before_stop.errors[0]
@@ -318,7 +318,7 @@ async def test_guard_held_in_a_thread_is_waited_for() -> None:
 
     report = await app.serve()
     assert seen_at_after_stop == [["payment"]]
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.OK
     assert tasks.duration >= 0.15
 
@@ -380,7 +380,7 @@ async def test_server_stop_that_overruns_its_timeout_is_cut_and_reported() -> No
     stop_when_ready(app)
     async with asyncio.timeout(5):
         report = await app.serve()
-    (phase,) = [r for r in report.stop if r.name == "stop_servers"]
+    phase = report.step("stop_servers")
     assert phase.outcome is Outcome.TIMEOUT
     assert phase.cut == ["server stuck (stop did not return within 0.2s)"]
     assert phase.duration < 1.0
@@ -492,7 +492,7 @@ async def test_server_without_its_own_stop_timeout_names_the_connection_it_cut()
 
     async with asyncio.timeout(10):
         report = await app.serve()
-    (phase,) = [r for r in report.stop if r.name == "stop_servers"]
+    phase = report.step("stop_servers")
     assert phase.outcome is Outcome.TIMEOUT
     (cut,) = phase.cut
     assert cut.startswith("server sticky: connection from 127.0.0.1:"), cut
@@ -511,7 +511,7 @@ async def test_slow_before_stop_hook_on_the_default_hook_timeout_is_named() -> N
     stop_when_ready(app)
     async with asyncio.timeout(10):
         report = await app.serve()
-    (phase,) = [r for r in report.stop if r.name == "before_stop"]
+    phase = report.step("before_stop")
     assert phase.outcome is Outcome.TIMEOUT
     (cut,) = phase.cut
     assert cut.startswith("hook "), cut
@@ -552,7 +552,7 @@ async def test_resource_close_that_hangs_is_named_and_the_others_still_close() -
     stop_when_ready(app)
     async with asyncio.timeout(10):
         report = await app.serve()
-    (phase,) = [r for r in report.stop if r.name == "resources"]
+    phase = report.step("resources")
     assert phase.outcome is Outcome.TIMEOUT
     (cut,) = phase.cut
     assert cut.startswith("resource hangs (close cut at ")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from quiesce import ExitCode, Outcome, PhaseRecord, Report
 
 
@@ -62,3 +64,10 @@ def test_text_says_a_failed_start_once() -> None:
     assert report.to_text().count("etcd unreachable") == 1
     report.start = []  # no step carries it: the header does
     assert report.to_text().count("etcd unreachable") == 1
+
+
+def test_step_finds_a_step_by_name_or_says_which_is_missing() -> None:
+    report = make_report()
+    assert report.step("tasks").outcome is Outcome.TIMEOUT
+    with pytest.raises(KeyError, match="no start step 'tasks'"):
+        report.step("tasks", of="start")

@@ -43,7 +43,7 @@ async def test_failed_tracked_task_is_logged_when_it_fails_and_makes_the_stop_in
     assert str(logged.exc_info[1]) == "lost the receipt"
     failures = [r for r in caplog.records if r.exc_info and "lost the receipt" in r.getMessage()]
     assert failures == [logged], "logged once, when it failed; not again at the stop"
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.ERROR
     assert tasks.errors == [f"task 'receipt-7' spawned at {site}: ValueError: lost the receipt"]
     assert report.exit_code == ExitCode.INCOMPLETE
@@ -72,7 +72,7 @@ async def test_failing_periodic_job_makes_the_tasks_phase_an_error() -> None:
     runner = asyncio.create_task(run())
     report = await app.serve()
     await runner
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.ERROR
     (line,) = tasks.errors
     assert line.startswith("periodic job 'refresh_prices' failed 1 of ")
@@ -103,7 +103,7 @@ async def test_tasks_cancelled_by_the_user_are_not_errors_nor_warnings() -> None
     report = await app.serve()
     await runner
     gc.collect()
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.OK, tasks
     assert report.exit_code == ExitCode.OK
 
@@ -140,7 +140,7 @@ async def test_spawn_from_a_sync_hook_thread_is_tracked() -> None:
 
     report = await app.serve()
     assert finished == ["later"]
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert any("'later'" in w for w in tasks.waited_for)
 
 
@@ -224,7 +224,7 @@ async def test_deadline_cuts_and_names_the_task_with_its_await_chain() -> None:
 
     async with asyncio.timeout(5):
         report = await app.serve()
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.TIMEOUT
     (cut,) = tasks.cut
     assert "task 'slow-export' spawned at tests/test_tasks.py:" in cut

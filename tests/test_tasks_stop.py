@@ -209,7 +209,7 @@ async def test_app_tasks_cut_with_no_cancel_grace_names_and_cancels_the_task() -
 
     async with asyncio.timeout(5):
         report = await app.serve()
-    (tasks,) = [r for r in report.stop if r.name == "tasks"]
+    tasks = report.step("tasks")
     assert tasks.outcome is Outcome.TIMEOUT
     (cut,) = tasks.cut
     assert cut.startswith("task 'export' spawned at tests/test_tasks_stop.py:")

@@ -44,6 +44,18 @@ class Report:
     #: Log records dropped because the log stream did not keep up (see :mod:`quiesce.logqueue`).
     log_records_dropped: int = 0
 
+    def step(self, name: str, *, of: str = "stop") -> PhaseRecord:
+        """The record of step ``name`` of the stop (``of="start"``: of the start).
+
+        Raises:
+            KeyError: no such step ran (or was skipped) in that sequence.
+
+        """
+        for record in self.stop if of == "stop" else self.start:
+            if record.name == name:
+                return record
+        raise KeyError(f"no {of} step {name!r} in the report")
+
     @property
     def cut(self) -> list[str]:
         """Everything the stop cut short, in order."""
