@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint types pytest pytest-py313 bench clean
 
 # Python 3.13 (pyenv keeps one on these machines): its asyncio.Server.wait_closed() waits for
-# every open connection, so the server tests run there too when it is installed.
+# every open connection, and its logging and interpreter exit differ, so the server tests and
+# the exit tests (watchdog, stalled log stream) run there too when it is installed.
 PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
 VENV313 ?= .venv313
-SERVER_TESTS := tests/servers tests/scenarios/test_http_signals.py tests/scenarios/test_http_load.py tests/scenarios/test_grpc_signals.py
+SERVER_TESTS := tests/servers tests/scenarios/test_http_signals.py tests/scenarios/test_http_load.py tests/scenarios/test_grpc_signals.py \
+	tests/scenarios/test_grpc_module_level.py tests/scenarios/test_lifecycle_watchdog.py \
+	tests/scenarios/test_log_stall.py tests/test_logqueue.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
