@@ -4,8 +4,6 @@ Layout, mirroring Kratos' etcd keys: ``<dir>/<name>/<id>.json`` holds
 :meth:`~quiesce.registry.Instance.to_json` (endpoints in Kratos' form). Every
 process on the machine that uses the same directory sees the same instances.
 
-- Writes are atomic (a temporary file renamed over the target), so a reader
-  never sees half an instance.
 - The owner touches its file every ``ttl / 3``; a file untouched for ``ttl``
   is stale and no longer listed (a SIGKILLed process drops out after ``ttl``).
   A file deleted under a live owner is written again at the next heartbeat.
@@ -18,12 +16,11 @@ process on the machine that uses the same directory sees the same instances.
   root or this user and be writable by nobody else unless sticky (``/tmp``).
   Every look goes through a directory descriptor opened with ``O_NOFOLLOW``
   and checked, so a directory swapped after the check is not followed either.
-  Instance files are 0600; a file owned by another user is never read. A
-  directory that fails the check is not read by discovery either:
+  A directory that fails the check is not read by discovery either:
   ``instances()`` raises, a watch lists nothing (and says why, once).
-- The stale sweep deletes only this registry's instance records (a file that
-  parses as an instance of that service, under that id's name) and its own
-  temporary files (their exact name pattern): never anything else.
+
+How a record is written (atomically, 0600), read (never another user's) and
+swept (only this registry's own files) is :mod:`quiesce.registry.file_records`.
 
 Directory operations are a few microseconds on a local disk, so they run on
 the event loop rather than paying a thread hop each time.
@@ -36,31 +33,29 @@ import contextlib
 import logging
 import os
 import random
-import re
-import stat
 import tempfile
-import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from quiesce.errors import ConfigError
 from quiesce.registry import (
     Instance,
     RegistryError,
     Watch,
-    parse_instances,
     positive_seconds,
     query_options,
     redact,
     split_userinfo,
 )
-from quiesce.registry._safedir import (
-    CLOEXEC,
-    NOFOLLOW,
-    UnsafeDirectoryError,
-    open_folder,
-    read_text,
+from quiesce.registry._safedir import UnsafeDirectoryError
+from quiesce.registry.file_records import (
+    ReadCache,
+    collect_stale,
+    live_instances,
+    record_path,
+    service_folder,
+    write_record,
 )
 
 __all__ = ["DEFAULT_DIR", "FileRegistry"]
@@ -74,11 +69,6 @@ DEFAULT_POLL = 0.025
 #: machine. Per user, because another user's directory is not writable (and one everybody
 #: can write would let any local user announce instances that take others' traffic).
 DEFAULT_DIR = Path(tempfile.gettempdir()) / f"quiesce-registry-{os.getuid()}"
-_SUFFIX = ".json"
-_TMP_SUFFIX = ".tmp"
-#: The temporary files :meth:`FileRegistry._write` makes (``.<id>.json.<pid>.<hex8>.tmp``):
-#: the only files besides instance records that the stale sweep may delete.
-_TMP_NAME = re.compile(r"\.[^/]+\.json\.[0-9]+\.[0-9a-f]{8}\.tmp")
 
 
 class FileRegistry:
@@ -167,11 +157,11 @@ class FileRegistry:
         """
         self.check_name(instance.name)
         key = (instance.name, instance.id)
-        path = self._path(instance.name, instance.id)
+        path = record_path(self.directory, instance.name, instance.id)
         try:
-            with self._folder(instance.name, create=True) as folder:
-                self._collect_stale(folder, instance.name)
-                self._write(folder, path.name, instance.kratos().to_json())
+            with service_folder(self.directory, instance.name, create=True) as folder:
+                collect_stale(folder, instance.name, ttl=self.ttl)
+                write_record(folder, path.name, instance.kratos().to_json())
         except UnsafeDirectoryError as exc:
             raise RegistryError(str(exc)) from exc  # it names the path and the reason
         except OSError as exc:
@@ -214,11 +204,11 @@ class FileRegistry:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        path = self._path(instance.name, instance.id)
+        path = record_path(self.directory, instance.name, instance.id)
         try:
             with (
                 contextlib.suppress(FileNotFoundError),
-                self._folder(instance.name, create=False) as folder,
+                service_folder(self.directory, instance.name, create=False) as folder,
             ):
                 os.unlink(path.name, dir_fd=folder)
         except UnsafeDirectoryError as exc:
@@ -263,7 +253,7 @@ class FileRegistry:
         return Watch(self._poll(name))
 
     async def _poll(self, name: str) -> AsyncGenerator[list[Instance], None]:
-        cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+        cache: ReadCache = {}
         last: list[Instance] | None = None
         failing: str | None = None
         while True:
@@ -283,103 +273,14 @@ class FileRegistry:
                 yield current
             await asyncio.sleep(self.poll_interval)
 
-    # -- files -----------------------------------------------------------------------
-
-    def _path(self, name: str, ident: str) -> Path:
-        return self.directory / _component(name) / (_component(ident) + _SUFFIX)
-
-    def _folder(self, name: str, *, create: bool) -> contextlib.AbstractContextManager[int]:
-        """A checked descriptor of service ``name``'s folder (see :func:`open_folder`)."""
-        return open_folder(Path(os.path.abspath(self.directory)), _component(name), create=create)
-
-    def _scan(
-        self, name: str, cache: dict[str, tuple[tuple[int, int, int], str]]
-    ) -> list[Instance]:
-        """Read the live instance files of ``name``; ``cache`` keeps contents between polls.
+    def _scan(self, name: str, cache: ReadCache) -> list[Instance]:
+        """The live instances of ``name`` (see :func:`live_instances`).
 
         Raises:
-            OSError: the directory is refused (:class:`UnsafeDirectoryError`) or unreadable.
+            OSError: the directory is refused or unreadable.
 
         """
-        try:
-            with self._folder(name, create=False) as folder:
-                texts = self._live_texts(folder, cache)
-        except FileNotFoundError:
-            texts = {}  # nobody registered yet
-        for gone in set(cache) - set(texts):
-            del cache[gone]
-        return parse_instances(texts, repr(self), name)
-
-    def _live_texts(
-        self, folder: int, cache: dict[str, tuple[tuple[int, int, int], str]]
-    ) -> dict[str, str]:
-        """``{file name: text}`` of the fresh instance files in ``folder``."""
-        fresh_after = time.time() - self.ttl
-        texts: dict[str, str] = {}
-        uid = os.geteuid()
-        for entry in list(os.scandir(folder)):
-            if entry.name.startswith(".") or not entry.name.endswith(_SUFFIX):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # deregistered between the listing and the stat
-            # Only regular files of ours (or root's): the folder is ours, but a
-            # file may predate a chown, or be a link to somebody else's.
-            if not stat.S_ISREG(st.st_mode) or st.st_uid not in (uid, 0):
-                continue
-            if st.st_mtime < fresh_after:
-                continue
-            # A change of content is always a rename (a new inode and mtime); a
-            # heartbeat only moves the mtime, which costs one re-read per ttl/3.
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            cached = cache.get(entry.name)
-            if cached is not None and cached[0] == stamp:
-                texts[entry.name] = cached[1]
-                continue
-            try:
-                text = read_text(folder, entry.name)
-            except FileNotFoundError:
-                continue
-            except (OSError, UnicodeDecodeError) as exc:
-                logger.warning("%r: cannot read %s: %s", self, entry.name, exc)
-                continue
-            cache[entry.name] = (stamp, text)
-            texts[entry.name] = text
-        return texts
-
-    def _write(self, folder: int, filename: str, text: str) -> None:
-        tmp = f".{filename}.{os.getpid()}.{random.getrandbits(32):08x}{_TMP_SUFFIX}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
-        fd = os.open(tmp, flags, 0o600, dir_fd=folder)
-        try:
-            with open(fd, "w", encoding="utf-8", closefd=True) as out:
-                out.write(text)
-            os.replace(tmp, filename, src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=folder)
-            raise
-
-    def _collect_stale(self, folder: int, name: str) -> None:
-        """Delete records of crashed instances of ``name`` and leftover temp files; only those.
-
-        A record is a ``<id>.json`` that parses as an instance of ``name`` with
-        that id; a temp file has :func:`_write`'s exact name pattern.
-        """
-        # Safe against a slow live owner: its next heartbeat writes its file again.
-        limit = time.time() - self.ttl
-        for entry in list(os.scandir(folder)):
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode) or st.st_mtime >= limit:
-                    continue
-                if not _TMP_NAME.fullmatch(entry.name) and not _is_record(folder, entry.name, name):
-                    continue
-                # Still the file we judged: not renamed over or touched since.
-                again = os.stat(entry.name, dir_fd=folder, follow_symlinks=False)
-                if (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
-                    os.unlink(entry.name, dir_fd=folder)
+        return live_instances(self.directory, name, ttl=self.ttl, cache=cache, label=repr(self))
 
     async def _heartbeat(self, instance: Instance, *, written: bool = True) -> None:
         """Touch the file every ttl/3 for as long as the instance is registered.
@@ -387,7 +288,7 @@ class FileRegistry:
         ``written=False`` writes it first, retrying every ttl/3 until that works.
         """
         text = instance.kratos().to_json()
-        filename = self._path(instance.name, instance.id).name
+        filename = record_path(self.directory, instance.name, instance.id).name
         failing = False
         while True:
             if written:
@@ -395,9 +296,9 @@ class FileRegistry:
             try:
                 # Checked again at every beat (one replaced since is refused), and made
                 # again if a cleaner removed it: the file is then written anew below.
-                with self._folder(instance.name, create=True) as folder:
+                with service_folder(self.directory, instance.name, create=True) as folder:
                     if not written:
-                        self._write(folder, filename, text)
+                        write_record(folder, filename, text)
                         written = True
                         if failing:
                             logger.warning("%r: registered %s", self, instance.id)
@@ -406,7 +307,7 @@ class FileRegistry:
                     try:
                         os.utime(filename, dir_fd=folder, follow_symlinks=False)
                     except FileNotFoundError:
-                        self._write(folder, filename, text)
+                        write_record(folder, filename, text)
                         logger.warning("%r: %s had been deleted; wrote it again", self, filename)
             except OSError as exc:
                 if not failing:
@@ -418,20 +319,3 @@ class FileRegistry:
             if failing:
                 logger.warning("%r: heartbeat of %s works again", self, instance.id)
                 failing = False
-
-
-def _is_record(folder: int, filename: str, name: str) -> bool:
-    """Whether ``filename`` is this registry's record of an instance of ``name``."""
-    try:
-        instance = Instance.from_json(read_text(folder, filename))
-    except (ValueError, TypeError):
-        return False
-    return instance.name == name and _component(instance.id) + _SUFFIX == filename
-
-
-def _component(text: str) -> str:
-    """``text`` as one safe path component (no separators, not hidden, not empty)."""
-    safe = quote(text, safe="")
-    if not safe or safe.startswith("."):
-        safe = "%2E" + safe[1:] if safe else "%00"
-    return safe
