@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
 
 from quiesce import config, logqueue
+from quiesce.control import FORCE_GRACE, StopControl
 from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
 from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
@@ -46,8 +47,6 @@ logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
 H = TypeVar("H", bound=Hook)
 
-#: After a second signal, how long the forced end may take to stop servers and close resources.
-FORCE_GRACE = 0.3
 #: After a second signal, how long a blocked loop has before the watchdog exits the process.
 FORCE_WATCHDOG = 1.0
 #: How long the watchdog waits past ``start_timeout`` or ``stop_timeout`` for a stuck loop
@@ -175,9 +174,7 @@ class App:
         self._group = ServerGroup()
         self._ran: set[str] = set()  # hook groups and steps that have begun
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_requested: asyncio.Event | None = None
-        self._force_requested: asyncio.Event | None = None
-        self._early_stop: str | None = None
+        self._control = StopControl(lambda: self.state, self._set_reason)
         self._crashed = False
         self._owns_process = False
         self._steps: Steps | None = None  # the sequence running now, for the watchdog
@@ -325,13 +322,10 @@ class App:
         self._check_not_started("serve")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._stop_requested = asyncio.Event()
-        self._force_requested = asyncio.Event()
+        self._control.bind()
         self._tracker.bind(loop)
         if self._owns_process:
             self._watchdog = Watchdog(self._last_report, self.report_file)
-        if self._early_stop is not None:
-            self._request_stop(self._early_stop)
         try:
             # Before anything else, signal handlers included: a bad config starts nothing.
             self._validate()
@@ -344,8 +338,8 @@ class App:
         scope = SignalScope(
             loop,
             self.signals,
-            on_stop=lambda sig: self._request_stop(f"signal {sig}"),
-            on_force=self._request_force,
+            on_stop=lambda sig: self._control.request_stop(f"signal {sig}"),
+            on_force=self._control.request_force,
             on_force_signal=self._arm_force_watchdog,
             until_exit=self._owns_process,
         )
@@ -376,13 +370,11 @@ class App:
     def stop(self, reason: str = "stop() called") -> None:
         """Begin the stop; safe from any thread and idempotent."""
         loop = self._loop
-        if loop is None:
-            self._early_stop = self._early_stop or reason
-        elif _in_loop_thread(loop):
-            self._request_stop(reason)
+        if loop is None or _in_loop_thread(loop):
+            self._control.request_stop(reason)
         else:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
-                loop.call_soon_threadsafe(self._request_stop, reason)
+                loop.call_soon_threadsafe(self._control.request_stop, reason)
 
     # -- the lifecycle ---------------------------------------------------------
 
@@ -392,16 +384,16 @@ class App:
         start = self._steps = Steps("start")
         report.start = start.records
         # A start blocked in a synchronous call cannot see its own timeout, nor a signal.
-        watchdog = self._arm_watchdog(
-            self.start_timeout,
-            ExitCode.FAILED,
-            f"the start overran start_timeout={self.start_timeout:g}s",
-        )
+        overran = f"the start overran start_timeout={self.start_timeout:g}s"
+        watchdog = self._arm_watchdog(self.start_timeout, ExitCode.FAILED, overran)
         try:
-            failure = await self._until_stop_requested(self._start(start))
+            failed = await self._control.run_start(self._start(start), grace=self.cancel_grace)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+        if failed is not None and not isinstance(failed, _StartFailed):
+            raise failed
+        failure = None if failed is None else str(failed)
         if failure is not None:
             report.error = failure
             report.reason = report.reason or "start failed"
@@ -412,7 +404,7 @@ class App:
                 _since(start),
                 ",".join(self.info.endpoints) or "-",
             )
-            await self._wait(self._stop_requested)
+            await self._control.wait()
 
         stop = self._steps = Steps("stop")
         report.stop = stop.records
@@ -559,23 +551,10 @@ class App:
             await run_hooks(self._hooks[group], rec, timeout=self.hook_timeout, budget=budget)
 
     async def _stop_or_force(self, seq: Steps) -> None:
-        assert self._force_requested is not None
-        watchdog = self._arm_watchdog(
-            self.stop_timeout,
-            ExitCode.INCOMPLETE,
-            f"the stop overran stop_timeout={self.stop_timeout:g}s",
-        )
+        overran = f"the stop overran stop_timeout={self.stop_timeout:g}s"
+        watchdog = self._arm_watchdog(self.stop_timeout, ExitCode.INCOMPLETE, overran)
         try:
-            stop_task = asyncio.create_task(self._stop(seq), name="quiesce stop")
-            forced = asyncio.create_task(self._force_requested.wait(), name="quiesce force")
-            await asyncio.wait({stop_task, forced}, return_when=asyncio.FIRST_COMPLETED)
-            forced.cancel()
-            if not stop_task.done():
-                stop_task.cancel()
-                await asyncio.wait({stop_task}, timeout=FORCE_GRACE / 3)
-                await self._force_end(seq)
-            elif (exc := stop_task.exception()) is not None:
-                raise exc
+            await self._control.run_stop(self._stop(seq), lambda: self._force_end(seq))
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -615,43 +594,8 @@ class App:
 
     # -- control ---------------------------------------------------------------
 
-    async def _until_stop_requested(self, start: Coroutine[Any, Any, None]) -> str | None:
-        """Run the start; a stop request aborts it. Returns the failure line, if any."""
-        assert self._stop_requested is not None
-        task = asyncio.create_task(start, name="quiesce start")
-        stop = asyncio.create_task(self._stop_requested.wait(), name="quiesce stop request")
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not task.done() and self.state is State.RUNNING:
-            # Serving already: the after_start hooks finish (each within hook_timeout)
-            # so that before_stop never meets a half-run after_start; a force cuts them.
-            assert self._force_requested is not None
-            force = asyncio.create_task(self._force_requested.wait(), name="quiesce force")
-            await asyncio.wait({task, force}, return_when=asyncio.FIRST_COMPLETED)
-            force.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=self.cancel_grace)
-            return None
-        exc = task.exception()
-        if exc is None:
-            return None
-        if isinstance(exc, _StartFailed):
-            return str(exc)
-        raise exc
-
-    def _request_stop(self, reason: str) -> None:
-        assert self._stop_requested is not None
-        if self._stop_requested.is_set():
-            return
+    def _set_reason(self, reason: str) -> None:
         self.report.reason = reason
-        logger.info("stop requested reason=%r state=%s", reason, self.state.value)
-        self._stop_requested.set()
-
-    def _request_force(self, reason: str) -> None:
-        assert self._force_requested is not None
-        logger.warning("stop forced reason=%r state=%s", reason, self.state.value)
-        self._force_requested.set()
 
     def _server_exited(self, name: str, cause: str) -> None:
         if self.state is State.RUNNING:
@@ -659,12 +603,7 @@ class App:
             self._crashed = True
             self.report.error = str(error)
             logger.error("%s", error)
-            self._request_stop(str(error))
-
-    @staticmethod
-    async def _wait(event: asyncio.Event | None) -> None:
-        assert event is not None
-        await event.wait()
+            self._control.request_stop(str(error))
 
     # -- configuration ---------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""The stop requests of one run, and the two races they decide.
+
+The first request (a signal, ``App.stop()``, a server that exits on its own)
+begins the stop; a later stop signal forces the end. Each sequence races them:
+
+- the start runs until a stop request aborts it, except that once the app
+  serves, its ``after_start`` hooks finish (so that ``before_stop`` never meets
+  a half-run ``after_start``); a force still cuts them;
+- the stop runs until it ends or a force cuts it; the forced end then gets
+  what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from quiesce.phases import State
+
+__all__ = ["FORCE_GRACE", "StopControl"]
+
+logger = logging.getLogger("quiesce.lifecycle")
+
+#: After a second signal, how long the forced end may take to stop servers and close resources.
+FORCE_GRACE = 0.3
+
+
+class StopControl:
+    """Whether, and why, the stop was requested or forced; the races of start and stop.
+
+    ``state()`` says where the app is, for the log lines. Requests made before
+    :meth:`bind` (``App.stop()`` before the run) take effect once it is called.
+    """
+
+    def __init__(self, state: Callable[[], State], on_reason: Callable[[str], None]) -> None:
+        self._state = state
+        self._on_reason = on_reason
+        self._requested: asyncio.Event | None = None
+        self._forced: asyncio.Event | None = None
+        self._early: str | None = None
+
+    def bind(self) -> None:
+        """Make the events in the running loop; apply a request made before it ran."""
+        self._requested = asyncio.Event()
+        self._forced = asyncio.Event()
+        if self._early is not None:
+            self.request_stop(self._early)
+
+    def request_stop(self, reason: str) -> None:
+        """Begin the stop (once; later requests change nothing). Call it in the loop."""
+        if self._requested is None:
+            self._early = self._early or reason
+            return
+        if self._requested.is_set():
+            return
+        self._on_reason(reason)
+        logger.info("stop requested reason=%r state=%s", reason, self._state().value)
+        self._requested.set()
+
+    def request_force(self, reason: str) -> None:
+        """End the stop at once. Call it in the loop."""
+        assert self._forced is not None, "bind() first"
+        logger.warning("stop forced reason=%r state=%s", reason, self._state().value)
+        self._forced.set()
+
+    async def wait(self) -> None:
+        """Until the stop is requested."""
+        assert self._requested is not None, "bind() first"
+        await self._requested.wait()
+
+    async def run_start(
+        self, start: Coroutine[Any, Any, None], *, grace: float
+    ) -> BaseException | None:
+        """Run ``start`` until it ends or a request aborts it; returns what it raised.
+
+        An aborted start is cancelled and gets ``grace`` seconds to unwind.
+        """
+        assert self._requested is not None, "bind() first"
+        assert self._forced is not None, "bind() first"
+        task = asyncio.create_task(start, name="quiesce start")
+        if not await _first(task, self._requested) and self._state() is State.RUNNING:
+            # Serving already: the after_start hooks finish (each bounded by its timeout).
+            await _first(task, self._forced)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=grace)
+            return None
+        return task.exception()
+
+    async def run_stop(
+        self, stop: Coroutine[Any, Any, None], force_end: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``stop``; a force cancels it and runs ``force_end`` instead.
+
+        Raises:
+            Exception: what ``stop`` raised (a defect: its steps keep their errors).
+
+        """
+        assert self._forced is not None, "bind() first"
+        task = asyncio.create_task(stop, name="quiesce stop")
+        if await _first(task, self._forced):
+            if (exc := task.exception()) is not None:
+                raise exc
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=FORCE_GRACE / 3)
+        await force_end()
+
+
+async def _first(task: asyncio.Task[None], event: asyncio.Event) -> bool:
+    """Wait for ``task`` or ``event``; True if the task ended first (or both did)."""
+    waiter = asyncio.create_task(event.wait(), name="quiesce request")
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    return task.done()
