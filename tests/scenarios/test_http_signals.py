@@ -114,17 +114,17 @@ def test_keepalive_clients_lose_nothing_through_drain(service: Start, free_port:
     before = [r for r in results if r.sent < signalled]
     assert before
     assert all(r.error is None for r in before), [r for r in before if r.error][:5]
-    # During the drain delay requests still succeed, and say Connection: close.
-    margin = 0.1
-    during = [r for r in results if drain_began < r.sent < drain_ended - margin]
+    # During the drain delay requests still succeed, and say Connection: close. Judged by
+    # requests that began and ended within it: on a busy machine a client loop may begin
+    # a request well before it reaches the server (which may be after the drain).
+    during = [r for r in results if drain_began < r.sent and r.done < drain_ended]
     assert during
     assert all(r.error is None for r in during), [r for r in during if r.error][:5]
     assert all(r.connection == "close" for r in during)
     # Failures only once the drain is over, and only because nothing listens any more.
     failed = [r for r in results if r.error is not None]
     assert failed, "clients ended by being refused"
-    # Judged by when each failed, not when the client began it: 50 clients on one loop
-    # begin a request well before it reaches the server when the machine is busy.
+    # Judged by when each failed, not when the client began it (as above).
     assert all(r.done >= drain_ended for r in failed), [r for r in failed if r.done < drain_ended]
     assert {r.error for r in failed} <= {"ConnectError", "ReadError", "RemoteProtocolError"}
     with socket.socket() as probe:
