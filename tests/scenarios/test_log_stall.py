@@ -134,7 +134,8 @@ def test_healthy_log_stream_lines_are_the_same_with_and_without_the_queue(
     logs = []
     for queue in ("1", "0"):
         svc = service(LIFECYCLE, "spawn_task", env={"QUIESCE_TEST_LOG_QUEUE": queue})
-        svc.wait_for("EVENT spawned")
+        # Signalled once the start has logged its last line: the order after it is fixed.
+        svc.wait_for("start ready took=")
         svc.signal(signal.SIGTERM)
         assert svc.wait() == 0, svc.output
         logs.append(normalized_log(svc))
