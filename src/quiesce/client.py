@@ -46,28 +46,27 @@ its ``response.url`` stays the service's (the placeholder host), so relative
 redirects go through discovery again and cookies are kept for the service,
 not for whichever instance set them.
 
-This module imports httpx; ``import quiesce`` does not import it.
+The choice of instance and the ejection are :class:`quiesce.rotation.Rotation`'s;
+this module sends and retries. It imports httpx; ``import quiesce`` does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 try:
     import httpx
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("quiesce.client needs httpx: pip install 'quiesce[client]'") from exc
 
+from quiesce.backoff import backoff_delay
 from quiesce.errors import ConfigError
 from quiesce.registry import Discovery, Instance, from_url
+from quiesce.rotation import Rotation, Target, http_endpoint
 
 __all__ = [
     "DEFAULT_DISCOVERY_TIMEOUT",
@@ -113,47 +112,6 @@ class NoInstanceError(httpx.ConnectError):
 
     An :class:`httpx.ConnectError`: code that handles "could not connect" handles it too.
     """
-
-
-@dataclass(eq=False, slots=True)
-class _Target:
-    """One instance's HTTP endpoint in the rotation, with its failure record."""
-
-    instance: Instance
-    scheme: str
-    netloc: str
-    #: ``scheme://host:port``, what a request's path is appended to.
-    origin: str
-    #: Consecutive connect failures; any response resets it.
-    failures: int = 0
-    #: ``time.monotonic()`` until which the instance is ejected; 0.0 when it is not.
-    ejected_until: float = 0.0
-
-    def describe(self) -> str:
-        return f"instance {self.instance.id!r} ({self.origin})"
-
-
-def http_endpoint(instance: Instance) -> tuple[str, str, int] | None:
-    """The first HTTP endpoint of ``instance`` as ``(scheme, host, port)``, or None.
-
-    ``https://...`` and Kratos' ``http://...?isSecure=true`` are HTTPS; other
-    schemes (``grpc://``) are skipped, as is an endpoint without a host.
-    """
-    for endpoint in instance.endpoints:
-        try:
-            parts = urlsplit(endpoint)
-            port = parts.port
-        except ValueError:
-            continue  # a malformed endpoint: another instance's problem, not ours
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            continue
-        if scheme == "http" and any(
-            k == "isSecure" and v.lower() == "true" for k, v in parse_qsl(parts.query)
-        ):
-            scheme = "https"
-        return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
-    return None
 
 
 class DiscoveryTransport(httpx.AsyncBaseTransport):
@@ -214,12 +172,10 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         self.base_url = f"http://{PLACEHOLDER_HOST}"
         self.discovery_timeout = float(discovery_timeout)
         self.retries = retries
-        self.ejection_threshold = ejection_threshold
-        self.ejection_time = float(ejection_time)
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self._targets: list[_Target] = []
-        self._next = 0  # the round-robin position
-        self._available = asyncio.Event()  # set while the rotation is not empty
+        self._rotation = Rotation(
+            ejection_threshold=ejection_threshold, ejection_time=float(ejection_time), owner=self
+        )
         self._watch_task: asyncio.Task[None] | None = None
         self._watch_error: BaseException | None = None
         self._closed = False
@@ -230,7 +186,17 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
     @property
     def instances(self) -> list[Instance]:
         """The instances in the rotation now (ejected ones included), in rotation order."""
-        return [t.instance for t in self._targets]
+        return [t.instance for t in self._rotation.targets]
+
+    @property
+    def ejection_threshold(self) -> int:
+        """Consecutive connect failures that eject an instance."""
+        return self._rotation.ejection_threshold
+
+    @property
+    def ejection_time(self) -> float:
+        """Seconds an ejected instance stays out of the rotation."""
+        return self._rotation.ejection_time
 
     # -- httpx transport -------------------------------------------------------
 
@@ -281,7 +247,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
             return await self._transport.handle_async_request(request)
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
-        if not self._targets:
+        if not self._rotation.targets:
             await self._wait_for_instances(request)
         set_host = request.headers.get("host") == PLACEHOLDER_HOST
         service_url = request.url
@@ -300,11 +266,11 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         # only with a body held in memory (a streamed one may be half consumed).
         idempotent = request.method in IDEMPOTENT_METHODS
         replayable = idempotent and isinstance(request.stream, httpx.ByteStream)
-        tried: list[_Target] = []
-        position = self._next
-        self._next += 1
+        rotation = self._rotation
+        tried: list[Target] = []
+        position = rotation.start()
         while True:
-            target = self._choose(position, tried)
+            target = rotation.choose(position, tried)
             if target is None:
                 raise NoInstanceError(self._no_instance(), request=request)
             tried.append(target)
@@ -315,17 +281,17 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
             try:
                 response = await self._transport.handle_async_request(request)
             except _CONNECT_FAILURES as exc:
-                self._connect_failed(target, exc)
+                rotation.connect_failed(target, exc)
                 retry = True
                 error: httpx.TransportError = exc
             except _DISCONNECTS as exc:
                 retry = replayable
                 error = exc
             else:
-                target.failures = 0
+                rotation.answered(target)
                 response.extensions["quiesce.instance"] = target.instance
                 return response
-            more = len(tried) <= self.retries and self._choose(position, tried) is not None
+            more = len(tried) <= self.retries and rotation.choose(position, tried) is not None
             if not (retry and more):
                 why = ""
                 if not retry:
@@ -344,76 +310,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
                 target.describe(),
                 type(error).__name__,
             )
-            position = self._targets.index(target) + 1 if target in self._targets else position
-
-    # -- the rotation ----------------------------------------------------------
-
-    def _choose(self, position: int, tried: list[_Target]) -> _Target | None:
-        """The next untried instance from ``position`` on, round-robin.
-
-        Ejected instances are skipped; when only ejected ones are left, the
-        first of them is used rather than none (every instance failing is
-        better tried than given up on).
-        """
-        targets = self._targets
-        n = len(targets)
-        now = 0.0
-        fallback: _Target | None = None
-        for i in range(n):
-            target = targets[(position + i) % n]
-            if target in tried:
-                continue
-            if target.ejected_until:
-                if not now:
-                    now = time.monotonic()
-                if target.ejected_until > now:
-                    if fallback is None:
-                        fallback = target
-                    continue
-                target.ejected_until = 0.0
-                target.failures = 0
-                logger.info("%r: %s is back in the rotation", self, target.describe())
-            return target
-        return fallback
-
-    def _connect_failed(self, target: _Target, exc: Exception) -> None:
-        target.failures += 1
-        if target.failures < self.ejection_threshold or target.ejected_until:
-            return
-        now = time.monotonic()
-        if not any(t is not target and t.ejected_until <= now for t in self._targets):
-            return  # never eject the last instance in the rotation
-        target.ejected_until = now + self.ejection_time
-        logger.warning(
-            "%r: ejected %s for %gs after %d consecutive connect failures (last: %s)",
-            self,
-            target.describe(),
-            self.ejection_time,
-            target.failures,
-            exc,
-        )
-
-    def _update(self, instances: list[Instance]) -> None:
-        """Take the watch's new list; instances that stay keep their failure record."""
-        known = {(t.instance.id, t.scheme, t.netloc): t for t in self._targets}
-        targets = []
-        for instance in instances:
-            endpoint = http_endpoint(instance)
-            if endpoint is None:
-                continue
-            scheme, host, port = endpoint
-            netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            target = known.get((instance.id, scheme, netloc))
-            if target is None:
-                target = _Target(instance, scheme, netloc, f"{scheme}://{netloc}")
-            else:
-                target.instance = instance
-            targets.append(target)
-        self._targets = targets
-        if targets:
-            self._available.set()
-        else:
-            self._available.clear()
+            position = rotation.after(target, position)
 
     # -- the watch -------------------------------------------------------------
 
@@ -429,7 +326,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
         self._start_watch()
         try:
             async with asyncio.timeout(self.discovery_timeout):
-                await self._available.wait()
+                await self._rotation.wait_for_any()
         except TimeoutError:
             raise NoInstanceError(self._no_instance(), request=request) from self._watch_error
 
@@ -451,7 +348,7 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
                             logger.warning("%r: watching works again", self)
                             failures = 0
                             self._watch_error = None
-                        self._update(instances)
+                        self._rotation.update(instances)
                 reason: BaseException = RuntimeError("the watch ended")
             except Exception as exc:
                 reason = exc
@@ -461,8 +358,9 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
             self._watch_error = reason
             if failures == 1:
                 logger.warning("%r: watch failing, retrying: %r", self, reason)
-            step: float = _WATCH_BACKOFF_FIRST * 2.0 ** min(failures - 1, 16)
-            await asyncio.sleep(min(step, _WATCH_BACKOFF_CAP) * random.uniform(0.5, 1.0))
+            await asyncio.sleep(
+                backoff_delay(failures, first=_WATCH_BACKOFF_FIRST, cap=_WATCH_BACKOFF_CAP)
+            )
 
 
 class AsyncClient(httpx.AsyncClient):

@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import AsyncGenerator, Sequence
 
+from quiesce.backoff import backoff_delay
 from quiesce.errors import ConfigError
 from quiesce.registry import Instance, RegistryError, Watch, parse_instances
 from quiesce.registry.etcd_gateway import EtcdError, EtcdGateway
@@ -286,10 +286,8 @@ class EtcdRegistry(EtcdGateway):
         return reg
 
     def _backoff(self, failures: int) -> float:
-        """Jittered exponential backoff: spread retries so that a fleet does not stampede."""
-        cap = min(self.ttl / 3, _BACKOFF_CAP)
-        step: float = _BACKOFF_FIRST * 2.0 ** min(failures - 1, 16)
-        return min(cap, step) * random.uniform(0.5, 1.0)
+        # Never longer than the keepalive interval (ttl / 3): retried later, the lease may expire.
+        return backoff_delay(failures, first=_BACKOFF_FIRST, cap=min(self.ttl / 3, _BACKOFF_CAP))
 
     # -- keys ------------------------------------------------------------------------
 
