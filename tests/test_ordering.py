@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from quiesce.errors import ConfigError, DependencyCycleError
-from quiesce.ordering import reverse, stable_order, start_levels, validate, walk
+from quiesce.ordering import reverse, stable_order, validate, walk
 
 
 def test_validate_cycle_names_the_cycle() -> None:
@@ -28,11 +28,6 @@ def test_validate_unknown_dependency_is_config_error() -> None:
     with pytest.raises(ConfigError, match="'a' depends on unknown 'db'"):
         validate({"a": ["db"]})
     validate({"a": ["db"]}, known=["db"])
-
-
-def test_start_levels_group_independent_nodes() -> None:
-    graph = {"gateway": ["rpc"], "rpc": [], "admin": [], "worker": ["rpc", "admin"]}
-    assert start_levels(graph) == [["rpc", "admin"], ["gateway", "worker"]]
 
 
 def test_stable_order_keeps_declaration_order_where_free() -> None:

@@ -9,7 +9,14 @@ import pytest
 
 from quiesce import App, ExitCode, Outcome
 from quiesce.phases import PhaseRecord
+from quiesce.stacks import Site
 from quiesce.tasks import FAILURES_KEPT, HANDOFF_TIMEOUT, TaskTracker, describe_task, task_stack
+
+
+def here() -> Site:
+    """The caller's line, the spawn site ``App.spawn`` gives the tracker."""
+    caller = sys._getframe(1)
+    return (caller.f_code, caller.f_lineno)
 
 
 async def test_failed_tracked_task_is_logged_when_it_fails_and_makes_the_stop_incomplete(
@@ -115,7 +122,7 @@ async def test_tracker_many_failures_keep_the_first_in_full_and_count_the_rest()
     async def breaks(n: int) -> None:
         raise KeyError(n)
 
-    tasks = [tracker.spawn(breaks(n), f"t{n}") for n in range(FAILURES_KEPT + 5)]
+    tasks = [tracker.spawn(breaks(n), f"t{n}", here()) for n in range(FAILURES_KEPT + 5)]
     await asyncio.wait(tasks)
     record = PhaseRecord("tasks", 0.0)
     await tracker.stop(record, budget=1.0, cancel_grace=0.1)
@@ -263,7 +270,7 @@ async def test_describe_task_of_a_tracked_task_finds_its_spawn_site_alone() -> N
         await gate.wait()
 
     line = sys._getframe().f_lineno + 1
-    task = tracker.spawn(export(), "export")
+    task = tracker.spawn(export(), "export", here())
     await asyncio.sleep(0)
     text = describe_task(task)
     gate.set()

@@ -6,6 +6,7 @@ In-process against TaskTracker and a PhaseRecord: the decision is our own logic.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -14,11 +15,18 @@ import quiesce.tasks as tasks_module
 from quiesce import App, ExitCode
 from quiesce.errors import StoppedError
 from quiesce.phases import Outcome, PhaseRecord
+from quiesce.stacks import Site
 from quiesce.tasks import TaskTracker
 
 THREADS = 4
 #: Only a bound: each thread meets StoppedError long before it.
 SPAWNS_PER_THREAD = 200_000
+
+
+def here() -> Site:
+    """The caller's line, the spawn site ``App.spawn`` gives the tracker."""
+    caller = sys._getframe(1)
+    return (caller.f_code, caller.f_lineno)
 
 
 def bound_tracker() -> TaskTracker:
@@ -44,12 +52,12 @@ async def test_tracker_spawn_in_a_cancelled_tasks_cleanup_is_refused() -> None:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
             try:
-                accepted.append(tracker.spawn(save_for_later(), "save_for_later"))
+                accepted.append(tracker.spawn(save_for_later(), "save_for_later", here()))
             except StoppedError as exc:
                 refused.append(exc)
             raise
 
-    _ = tracker.spawn(export(), "export")
+    _ = tracker.spawn(export(), "export", here())
     record = PhaseRecord("tasks", 0.0)
     try:
         async with asyncio.timeout(5):
@@ -92,7 +100,7 @@ async def race_the_close(*, hold: bool) -> None:
         for n in range(SPAWNS_PER_THREAD):
             name = f"w{i}-{n}"
             try:
-                accepted.append((name, tracker.spawn(work(name), name)))
+                accepted.append((name, tracker.spawn(work(name), name, here())))
             except StoppedError:
                 refused[i] += 1
                 return
@@ -147,7 +155,7 @@ async def test_tracker_spawn_from_another_event_loop_runs_on_the_apps_loop() -> 
         finished.append("work")
 
     async def other_loop() -> None:
-        spawned.append(tracker.spawn(work(), "from-other-loop"))
+        spawned.append(tracker.spawn(work(), "from-other-loop", here()))
 
     await loop.run_in_executor(None, asyncio.run, other_loop())
     (task,) = spawned
@@ -174,7 +182,7 @@ async def test_tracker_spawn_that_timed_out_in_the_caller_never_starts(
 
     def from_thread() -> None:
         try:
-            _ = tracker.spawn(work(), "late")
+            _ = tracker.spawn(work(), "late", here())
         except TimeoutError as exc:
             raised.append(exc)
         finally:

@@ -246,7 +246,8 @@ class App:
             StoppedError: the ``tasks`` phase of the stop has ended.
 
         """
-        return self._tracker.spawn(coro, name, depth=2)
+        caller = sys._getframe(1)  # the spawn site the report names: the user's line
+        return self._tracker.spawn(coro, name, (caller.f_code, caller.f_lineno))
 
     def guard(self, name: str | None = None) -> Guard:
         """A critical section the stop waits for: ``async with app.guard():`` (``with`` in threads).
@@ -276,7 +277,8 @@ class App:
         """
         if self.state is not State.CREATED:
             config.check_period(seconds, fn)
-        job = self._tracker.every(seconds, fn, name, depth=2)
+        caller = sys._getframe(1)  # where the job was declared, for its failures
+        job = self._tracker.every(seconds, fn, name, (caller.f_code, caller.f_lineno))
         self._jobs.append(job)
         return job
 

@@ -1,7 +1,8 @@
-"""The servers of one app: started by ``depends_on``, stopped in reverse (go-zero's ServiceGroup).
+"""The servers of one app: started by ``depends_on``, stopped in reverse.
 
 A server starts as soon as the servers it depends on are ready, and stops
-once its dependents have stopped; independent servers do both concurrently.
+once its dependents have stopped; independent servers do both concurrently,
+with no barrier per level (go-zero's ServiceGroup waits for a whole phase).
 Each stop is bounded by the server's own timeout and by what is left of the
 app's stop budget; what a server cut, or failed to stop, lands in the step's
 record.

@@ -1,7 +1,8 @@
-"""The ``depends_on`` graph: cycle detection, start levels and stop levels.
+"""The ``depends_on`` graph: its checks, the resources' order, the servers' start and stop walks.
 
-Nodes are names; edges point from a node to what it depends on. Everything
-here is pure and raises before any port is bound.
+Nodes are names; edges point from a node to what it depends on. The checks
+raise before any port is bound. Servers start by :func:`walk` over the graph
+and stop by :func:`walk` over its :func:`reverse`, with no barrier per level.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from quiesce.errors import ConfigError, DependencyCycleError
 
-__all__ = ["Named", "graph_of", "reverse", "stable_order", "start_levels", "validate", "walk"]
+__all__ = ["Named", "graph_of", "reverse", "stable_order", "validate", "walk"]
 
 
 class Named(Protocol):
@@ -74,30 +75,6 @@ def _find_cycle(graph: Mapping[str, Sequence[str]]) -> None:
                 colour[dep] = grey
                 path.append(dep)
                 stack.append(iter(graph[dep]))
-
-
-def start_levels(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Group nodes into levels: each level depends only on earlier ones.
-
-    Nodes within a level are independent and may start concurrently; stopping
-    walks the levels in reverse. Order within a level follows ``graph``.
-    Dependencies outside ``graph`` are ignored. Call :func:`validate` first.
-    """
-    level: dict[str, int] = {}
-
-    def depth(node: str) -> int:
-        if node not in level:
-            deps = [d for d in graph[node] if d in graph]
-            level[node] = 1 + max((depth(d) for d in deps), default=-1)
-        return level[node]
-
-    levels: list[list[str]] = []
-    for node in graph:
-        n = depth(node)
-        while len(levels) <= n:
-            levels.append([])
-        levels[n].append(node)
-    return levels
 
 
 def stable_order(graph: Mapping[str, Sequence[str]]) -> list[str]:

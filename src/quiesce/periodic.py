@@ -1,7 +1,8 @@
 """Periodic jobs (``App.every``): ``fn`` run at a fixed rate, as a tracked task, until the stop.
 
 A job is registered with the app's :class:`~quiesce.tasks.TaskTracker`, which
-starts it once the app is ready and stops it between runs at the stop.
+starts it (once the app is ready, or at once when the app already runs) and
+stops it between runs at the stop.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from quiesce.hooks import call
-from quiesce.stacks import where
+from quiesce.stacks import Site, where
 
 if TYPE_CHECKING:
     from quiesce.tasks import TaskTracker
@@ -32,9 +32,7 @@ class PeriodicJob:
     failed (``failures`` of ``runs``, with the last error).
     """
 
-    def __init__(
-        self, seconds: float, fn: Callable[[], Any], name: str, site: tuple[CodeType, int]
-    ) -> None:
+    def __init__(self, seconds: float, fn: Callable[[], Any], name: str, site: Site) -> None:
         self.seconds = seconds
         self.site = site
         self.fn = fn
@@ -48,7 +46,7 @@ class PeriodicJob:
         """Start the job's loop as a tracked task."""
         if self.task is None:
             loop = asyncio.get_running_loop()
-            entry = (*self.site, self._loop(stop))
+            entry = (self.site, self._loop(stop))
             self.task = tracker._create(loop, entry, f"every {self.name}")
 
     async def _loop(self, stop: asyncio.Event) -> None:

@@ -16,11 +16,15 @@ from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
-__all__ = ["Entry", "describe_task", "task_stack", "tracked_wrapper", "where"]
+__all__ = ["Entry", "Site", "describe_task", "task_stack", "tracked_wrapper", "where"]
 
-#: A tracked task's spawn site (code, line) and its coroutine, kept so that a task
-#: cancelled before its first step can close it (no "never awaited" warning).
-Entry = tuple[CodeType, int, Coroutine[Any, Any, Any]]
+#: Where tracked work was declared: the caller's code and line, taken once by the
+#: public entry point (``App.spawn``, ``App.every``) and formatted only when reported.
+Site = tuple[CodeType, int]
+
+#: A tracked task's spawn site and its coroutine, kept so that a task cancelled
+#: before its first step can close it (no "never awaited" warning).
+Entry = tuple[Site, Coroutine[Any, Any, Any]]
 
 Wrapper = TypeVar("Wrapper", bound=Callable[..., Coroutine[Any, Any, Any]])
 
@@ -58,7 +62,7 @@ def task_stack(task: asyncio.Task[Any]) -> list[str]:
     return frames
 
 
-def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | Entry | None = None) -> str:
+def describe_task(task: asyncio.Task[Any], site: Site | None = None) -> str:
     """One line: the task's name, where it was spawned and where it is now.
 
     A tracked task knows its spawn site when ``site`` is not given (a dump of
@@ -67,10 +71,11 @@ def describe_task(task: asyncio.Task[Any], site: tuple[CodeType, int] | Entry | 
     if site is None:
         frame = getattr(task.get_coro(), "cr_frame", None)
         if frame is not None and frame.f_code is _wrapper_code:
-            site = frame.f_locals.get("entry")
+            entry = frame.f_locals.get("entry")
+            site = entry[0] if entry is not None else None
     text = f"task {task.get_name()!r}"
     if site is not None:
-        text += f" spawned at {where(site[0], site[1])}"
+        text += f" spawned at {where(*site)}"
     stack = task_stack(task)
     if stack:
         text += " at " + " <- ".join(reversed(stack))

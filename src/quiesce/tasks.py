@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import sys
 import threading
 from collections.abc import Callable, Coroutine
 from types import CoroutineType, TracebackType
@@ -29,7 +28,7 @@ from quiesce.errors import StoppedError, describe
 from quiesce.hooks import callable_name
 from quiesce.periodic import PeriodicJob
 from quiesce.phases import Outcome, PhaseRecord
-from quiesce.stacks import Entry, describe_task, task_stack, tracked_wrapper, where
+from quiesce.stacks import Entry, Site, describe_task, task_stack, tracked_wrapper, where
 
 __all__ = ["Guard", "PeriodicJob", "TaskTracker", "describe_task", "task_stack"]
 
@@ -49,7 +48,7 @@ class TaskTracker:
     """The tracked tasks, guards and periodic jobs of one app."""
 
     def __init__(self) -> None:
-        # task -> (code, line, coroutine) of the spawn: cheap to take, formatted when reported.
+        # task -> (spawn site, coroutine): cheap to take, formatted when reported.
         self._tasks: dict[asyncio.Task[Any], Entry] = {}
         self._closed = False
         self._lock = threading.Lock()
@@ -69,20 +68,18 @@ class TaskTracker:
 
     # -- spawn ---------------------------------------------------------------
 
-    def spawn(
-        self, coro: Coroutine[Any, Any, T], name: str | None = None, depth: int = 1
-    ) -> asyncio.Task[T]:
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None, site: Site) -> asyncio.Task[T]:
         """Start ``coro`` as a task that the stop waits for; see :meth:`quiesce.App.spawn`.
 
-        ``depth`` says which caller's frame is the spawn site the report names.
-        From a thread other than the loop's (a sync hook, another event loop),
-        the task is created in the app's loop and this call waits for it, at
-        most ``HANDOFF_TIMEOUT``.
+        ``site`` is the spawn site the report names. From a thread other than
+        the loop's (a sync hook, another event loop), the task is created in
+        the app's loop and this call waits for it, at most ``HANDOFF_TIMEOUT``.
 
         Raises:
             TypeError: ``coro`` is not a coroutine.
             StoppedError: the task phase of the stop has ended (decided on the loop).
-            RuntimeError: there is no app loop yet.
+            RuntimeError: called outside any running loop before the app runs (there
+                is no loop to give the task to).
             TimeoutError: from another thread, the loop did not take the task in time
                 (it was not started and never will be).
 
@@ -90,8 +87,7 @@ class TaskTracker:
         # The exact type first: asyncio.iscoroutine() is a call more on the hot path.
         if type(coro) is not CoroutineType and not asyncio.iscoroutine(coro):
             raise TypeError(f"spawn() needs a coroutine, like spawn(work()), not {coro!r}")
-        caller = sys._getframe(depth)
-        entry = (caller.f_code, caller.f_lineno, coro)
+        entry = (site, coro)
         owner = self._loop
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -111,7 +107,7 @@ class TaskTracker:
     ) -> asyncio.Task[Any]:
         """Have the app's loop create the task; wait for its answer, bounded."""
         handoff: concurrent.futures.Future[asyncio.Task[Any]] = concurrent.futures.Future()
-        coro = entry[2]
+        coro = entry[1]
 
         def create() -> None:
             # False when the caller gave up waiting: it was told the task did not start.
@@ -143,7 +139,7 @@ class TaskTracker:
     ) -> asyncio.Task[Any]:
         # On the loop, as is every close of the phase: the decision cannot go stale.
         if self._closed:
-            entry[2].close()
+            entry[1].close()
             raise StoppedError("spawn() after the task phase of the stop has ended")
         task = loop.create_task(self._run(entry), name=name)
         tasks = self._tasks
@@ -157,10 +153,10 @@ class TaskTracker:
         # A wrapper, not a done-callback: no loop handle per task, and the failure is
         # logged from inside the task, when it happens, not at the next sweep.
         try:
-            return await entry[2]
+            return await entry[1]
         except Exception as exc:
             task = asyncio.current_task()
-            what = f"task {task.get_name() if task else '?'!r} spawned at {where(*entry[:2])}"
+            what = f"task {task.get_name() if task else '?'!r} spawned at {where(*entry[0])}"
             logger.error("tracked %s failed: %s", what, describe(exc), exc_info=exc)
             self._failed += 1
             if len(self._failures) < FAILURES_KEPT:
@@ -171,7 +167,7 @@ class TaskTracker:
         """Forget finished tasks; O(1) amortised per spawn."""
         done = [task for task in self._tasks if task.done()]
         for task in done:
-            coro = self._tasks.pop(task)[2]
+            coro = self._tasks.pop(task)[1]
             if task.cancelled():
                 # Cancelled before its first step, _run() never awaited it; closing it
                 # spares the user a "never awaited" warning (a no-op once it ran).
@@ -208,14 +204,14 @@ class TaskTracker:
     # -- periodic jobs -------------------------------------------------------
 
     def every(
-        self, seconds: float, fn: Callable[[], Any], name: str | None, depth: int = 1
+        self, seconds: float, fn: Callable[[], Any], name: str | None, site: Site
     ) -> PeriodicJob:
-        """Register a periodic job; it starts with :meth:`start_jobs`.
+        """Register a periodic job declared at ``site``; see :meth:`quiesce.App.every`.
 
-        ``depth`` says which caller's frame the report names as the job's origin.
+        Registered before :meth:`bind`, it starts with :meth:`start_jobs`; after,
+        at once (unless the stop has closed the task phase).
         """
-        caller = sys._getframe(depth)
-        job = PeriodicJob(seconds, fn, name or callable_name(fn), (caller.f_code, caller.f_lineno))
+        job = PeriodicJob(seconds, fn, name or callable_name(fn), site)
         self._jobs.append(job)
         if self._jobs_stop is not None and not self._closed:
             job.start(self, self._jobs_stop)
@@ -240,7 +236,7 @@ class TaskTracker:
         self._sweep()
         with self._lock:
             guards = [f"guard {name}" for name in self._guards.values()]
-        return [describe_task(t, self._tasks.get(t)) for t in self._tasks] + guards
+        return [describe_task(t, entry[0]) for t, entry in self._tasks.items()] + guards
 
     async def stop(self, record: PhaseRecord, *, budget: float, cancel_grace: float) -> None:
         """Stop periodic jobs between runs, wait for tracked work, cancel what is left.
@@ -270,7 +266,7 @@ class TaskTracker:
             self._close()
             self._sweep()
             for task, entry in self._tasks.items():
-                record.timed_out(f"{describe_task(task, entry)} [cancelled, not awaited]")
+                record.timed_out(f"{describe_task(task, entry[0])} [cancelled, not awaited]")
                 _cancel(task, entry)
             self._tasks.clear()
             raise
@@ -323,7 +319,7 @@ class TaskTracker:
         self._close()
         self._sweep()
         # Where each task was at the deadline: once cancelled and unwound it has no stack.
-        described = {task: describe_task(task, entry) for task, entry in self._tasks.items()}
+        described = {task: describe_task(task, entry[0]) for task, entry in self._tasks.items()}
         for task, entry in self._tasks.items():
             _cancel(task, entry)
         try:
@@ -388,4 +384,4 @@ def _cancel(task: asyncio.Task[Any], entry: Entry) -> None:
     task.cancel()
     wrapper: Any = task.get_coro()
     if inspect.getcoroutinestate(wrapper) == inspect.CORO_CREATED:
-        entry[2].close()  # its wrapper never ran: nothing else will close it
+        entry[1].close()  # its wrapper never ran: nothing else will close it
