@@ -277,3 +277,24 @@ async def test_describe_task_of_a_tracked_task_finds_its_spawn_site_alone() -> N
     await task
     assert text.startswith(f"task 'export' spawned at tests/test_tasks.py:{line} at ")
     assert text.endswith("in export")
+
+
+async def test_periodic_job_declared_during_the_start_first_runs_once_the_app_is_ready() -> None:
+    app = App(name="svc")
+    runs_before_ready: list[bool] = []
+
+    def tick() -> None:
+        runs_before_ready.append(not app.ready.is_set())
+        app.stop()
+
+    @app.before_start
+    def declare() -> None:
+        app.every(0.01, tick)
+
+    @app.before_start
+    async def give_it_time() -> None:
+        await asyncio.sleep(0.05)  # a job started now would run here, before ready
+
+    await app.serve()
+    assert runs_before_ready
+    assert not any(runs_before_ready)

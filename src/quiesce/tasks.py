@@ -58,6 +58,7 @@ class TaskTracker:
         self._changed: asyncio.Event | None = None
         self._jobs: list[PeriodicJob] = []
         self._jobs_stop: asyncio.Event | None = None
+        self._jobs_started = False
         # Finished tasks are dropped in amortised sweeps instead of a done-callback per
         # task: a callback costs a loop handle per task, half again a bare create_task.
         # Failures are caught by a wrapper coroutine (bench/spawn.py: ~1.45x create_task,
@@ -208,12 +209,12 @@ class TaskTracker:
     ) -> PeriodicJob:
         """Register a periodic job declared at ``site``; see :meth:`quiesce.App.every`.
 
-        Registered before :meth:`bind`, it starts with :meth:`start_jobs`; after,
-        at once (unless the stop has closed the task phase).
+        Registered before :meth:`start_jobs` (the app is ready), it starts then;
+        after, at once (unless the stop has closed the task phase).
         """
         job = PeriodicJob(seconds, fn, name or callable_name(fn), site)
         self._jobs.append(job)
-        if self._jobs_stop is not None and not self._closed:
+        if self._jobs_started and self._jobs_stop is not None and not self._closed:
             job.start(self, self._jobs_stop)
         return job
 
@@ -226,6 +227,7 @@ class TaskTracker:
     def start_jobs(self) -> None:
         """Start every registered periodic job (once the app is ready)."""
         assert self._jobs_stop is not None, "bind() first"
+        self._jobs_started = True
         for job in self._jobs:
             job.start(self, self._jobs_stop)
 
