@@ -13,13 +13,11 @@ of it by ``stop_timeout``, with a reserve kept so that ``after_stop`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +35,6 @@ from quiesce.registry import Instance, Registry, from_url, redact
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource, ResourceStack
 from quiesce.servers import Server
-from quiesce.signals import SignalScope
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 from quiesce.watchdog import Watchdog, last_report
 
@@ -46,12 +43,6 @@ __all__ = ["App", "AppInfo", "LifecycleEvent"]
 logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
 H = TypeVar("H", bound=Hook)
-
-#: After a second signal, how long a blocked loop has before the watchdog exits the process.
-FORCE_WATCHDOG = 1.0
-#: How long the watchdog waits past ``start_timeout`` or ``stop_timeout`` for a stuck loop
-#: before it exits the process.
-WATCHDOG_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -173,12 +164,10 @@ class App:
         self._instance: Instance | None = None
         self._group = ServerGroup()
         self._ran: set[str] = set()  # hook groups and steps that have begun
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._control = StopControl(lambda: self.state, self._set_reason)
         self._crashed = False
         self._owns_process = False
         self._steps: Steps | None = None  # the sequence running now, for the watchdog
-        self._watchdog: Watchdog | None = None
         self._report_file_checked = False  # a report_file that failed its check is not written
 
     @property
@@ -323,11 +312,9 @@ class App:
         """
         self._check_not_started("serve")
         loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._control.bind()
         self._tracker.bind(loop)
-        if self._owns_process:
-            self._watchdog = Watchdog(self._last_report, self.report_file)
+        watchdog = Watchdog(self._last_report, self.report_file) if self._owns_process else None
+        self._control.bind(watchdog)
         try:
             # Before anything else, signal handlers included: a bad config starts nothing.
             self._validate()
@@ -337,14 +324,7 @@ class App:
             logger.error("bad configuration: %s", exc)
             self._set_state(State.STOPPED)
             return await self._finish()
-        scope = SignalScope(
-            loop,
-            self.signals,
-            on_stop=lambda sig: self._control.request_stop(f"signal {sig}"),
-            on_force=self._control.request_force,
-            on_force_signal=self._arm_force_watchdog,
-            until_exit=self._owns_process,
-        )
+        scope = self._control.signals(self.signals, until_exit=self._owns_process)
         logs = None
         if self.log_queue and not self._owns_process and logqueue.current() is None:
             logs = logqueue.LogQueue().install()
@@ -371,12 +351,7 @@ class App:
 
     def stop(self, reason: str = "stop() called") -> None:
         """Begin the stop; safe from any thread and idempotent."""
-        loop = self._loop
-        if loop is None or _in_loop_thread(loop):
-            self._control.request_stop(reason)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
-                loop.call_soon_threadsafe(self._control.request_stop, reason)
+        self._control.stop(reason)
 
     # -- the lifecycle ---------------------------------------------------------
 
@@ -387,12 +362,8 @@ class App:
         report.start = start.records
         # A start blocked in a synchronous call cannot see its own timeout, nor a signal.
         overran = f"the start overran start_timeout={self.start_timeout:g}s"
-        watchdog = self._arm_watchdog(self.start_timeout, ExitCode.FAILED, overran)
-        try:
+        with self._control.bounded(self.start_timeout, ExitCode.FAILED, overran):
             failed = await self._control.run_start(self._start(start), grace=self.cancel_grace)
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
         if failed is not None and not isinstance(failed, _StartFailed):
             raise failed
         failure = None if failed is None else str(failed)
@@ -554,12 +525,8 @@ class App:
 
     async def _stop_or_force(self, seq: Steps) -> None:
         overran = f"the stop overran stop_timeout={self.stop_timeout:g}s"
-        watchdog = self._arm_watchdog(self.stop_timeout, ExitCode.INCOMPLETE, overran)
-        try:
+        with self._control.bounded(self.stop_timeout, ExitCode.INCOMPLETE, overran):
             await self._control.run_stop(self._stop(seq), lambda: self._force_end(seq))
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
 
     async def _force_end(self, seq: Steps) -> None:
         async with seq.step("forced", FORCE_GRACE) as rec:
@@ -568,19 +535,6 @@ class App:
             self._tracker.record_failures(rec)  # the tasks phase may never have run
             await self._group.stop_at_once(rec)
             await self._resources.close(rec, FORCE_GRACE / 3, at_once=True)
-
-    def _arm_force_watchdog(self) -> threading.Timer | None:
-        # A force must end the process even when the loop is blocked and cannot act on it.
-        if self._watchdog is None:
-            return None
-        code = ExitCode.FAILED if self.state is State.STARTING else ExitCode.INCOMPLETE
-        return self._watchdog.arm(FORCE_WATCHDOG, code, "the loop did not honour the forced stop")
-
-    def _arm_watchdog(self, budget: float, code: int, why: str) -> threading.Timer | None:
-        # Only a process owner may exit the process; a stuck loop cannot honour any deadline.
-        if self._watchdog is None:
-            return None
-        return self._watchdog.arm(budget + WATCHDOG_MARGIN, code, why)
 
     def _last_report(self, cause: str, code: int) -> Report:
         """The report as the watchdog leaves it (runs in the watchdog's thread)."""
@@ -684,10 +638,3 @@ def _listed(items: Iterable[T]) -> list[T]:
 
 def _since(seq: Steps) -> float:
     return sum(r.duration for r in seq.records)
-
-
-def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
