@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
-__all__ = ["Entry", "Site", "describe_task", "task_stack", "tracked_wrapper", "where"]
+__all__ = ["Entry", "Site", "describe_task", "frame_at", "task_stack", "tracked_wrapper", "where"]
 
 #: Where tracked work was declared: the caller's code and line, taken once by the
 #: public entry point (``App.spawn``, ``App.every``) and formatted only when reported.
@@ -57,7 +57,7 @@ def task_stack(task: asyncio.Task[Any]) -> list[str]:
         if frame is None:
             break
         if frame.f_code is not _wrapper_code:  # the tracker's wrapper is not the user's stack
-            frames.append(f"{where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}")
+            frames.append(frame_at(frame))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return frames
 
@@ -80,6 +80,11 @@ def describe_task(task: asyncio.Task[Any], site: Site | None = None) -> str:
     if stack:
         text += " at " + " <- ".join(reversed(stack))
     return text
+
+
+def frame_at(frame: FrameType) -> str:
+    """Where ``frame`` is now: ``path:line in func``."""
+    return f"{where(frame.f_code, frame.f_lineno)} in {frame.f_code.co_name}"
 
 
 def where(code: CodeType, line: int) -> str:

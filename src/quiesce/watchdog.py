@@ -27,6 +27,7 @@ from collections.abc import Callable
 from quiesce import logqueue
 from quiesce.phases import Outcome, PhaseRecord, Sequence
 from quiesce.report import Report
+from quiesce.stacks import frame_at
 
 __all__ = ["LAST_WORDS_TIMEOUT", "PROBE_TIMEOUT", "Watchdog", "last_report"]
 
@@ -93,8 +94,7 @@ class Watchdog:
         frame = sys._current_frames().get(self._thread)
         if frame is None:
             return "an unknown place"
-        last = traceback.extract_stack(frame)[-1]
-        return f"{last.filename}:{last.lineno} in {last.name}"
+        return frame_at(frame)
 
 
 def last_report(
