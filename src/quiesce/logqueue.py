@@ -20,9 +20,10 @@ import logging.handlers
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FLUSH_TIMEOUT", "QUEUE_SIZE", "LogQueue", "current"]
+__all__ = ["FLUSH_TIMEOUT", "QUEUE_SIZE", "LogQueue", "current", "write_within"]
 
 #: Records held while the stream does not move; beyond this they are dropped and counted.
 #: About 100 kB of lines: a burst far beyond what a healthy stream ever lags behind.
@@ -37,6 +38,18 @@ _current: LogQueue | None = None
 def current() -> LogQueue | None:
     """The log queue installed now, if any."""
     return _current
+
+
+def write_within(timeout: float, write: Callable[[], object], name: str) -> bool:
+    """Run ``write`` (to a stream that may not move) in a daemon thread; wait ``timeout``.
+
+    Returns whether it finished. A write left blocked holds only its own thread,
+    which the process may leave behind.
+    """
+    writer = threading.Thread(target=write, name=name, daemon=True)
+    writer.start()
+    writer.join(timeout)
+    return not writer.is_alive()
 
 
 class LogQueue:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
-from quiesce.logqueue import FLUSH_TIMEOUT, LogQueue
+from quiesce.logqueue import FLUSH_TIMEOUT, LogQueue, write_within
 
 __all__ = ["LEAVE_MARGIN", "new_event_loop", "run_and_exit"]
 
@@ -105,10 +105,7 @@ def _flushed(*streams: Any, timeout: float = FLUSH_TIMEOUT) -> bool:
             with contextlib.suppress(Exception):  # closed or broken: nothing left to lose
                 stream.flush()
 
-    flusher = threading.Thread(target=flush, name="quiesce flush", daemon=True)
-    flusher.start()
-    flusher.join(timeout)
-    return not flusher.is_alive()
+    return write_within(timeout, flush, "quiesce flush")
 
 
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop, grace: float) -> set[asyncio.Task[Any]]:

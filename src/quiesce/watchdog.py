@@ -142,9 +142,7 @@ def _say(words: str) -> None:
         except OSError:  # stderr closed or gone: the report file has it
             pass
 
-    writer = threading.Thread(target=write, name="quiesce last words", daemon=True)
-    writer.start()
-    writer.join(LAST_WORDS_TIMEOUT)
+    logqueue.write_within(LAST_WORDS_TIMEOUT, write, "quiesce last words")
 
 
 def _stacks() -> str:
