@@ -72,6 +72,13 @@ async def hammer(
     await asyncio.gather(*(one() for _ in range(clients)))
 
 
+async def until_in_flight(client: httpx.AsyncClient, base: str, count: int) -> None:
+    """Until the server counts ``count`` requests in flight (its own count; bounded)."""
+    async with asyncio.timeout(5):
+        while (await client.get(f"{base}/in-flight")).text != str(count):  # noqa: ASYNC110 - the server's count is the event; bounded by the timeout
+            await asyncio.sleep(0.01)
+
+
 async def first_not_ready(url: str, seconds: float) -> float | None:
     async with httpx.AsyncClient(timeout=2.0) as client:
         deadline = time.monotonic() + seconds
@@ -136,10 +143,9 @@ def test_request_in_flight_at_sigterm_gets_its_200(service: Start, free_port: in
 
     async def scenario() -> httpx.Response:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            request = asyncio.create_task(client.get(f"http://127.0.0.1:{free_port}/slow?s=3"))
-            # The request is in flight once the server has it: its access is not logged yet,
-            # so wait for the TCP connection to exist before signalling.
-            await asyncio.sleep(0.3)
+            base = f"http://127.0.0.1:{free_port}"
+            request = asyncio.create_task(client.get(f"{base}/slow?s=3"))
+            await until_in_flight(client, base, 1)
             svc.signal(signal.SIGTERM)
             return await request
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import httpx
 
 from conftest import Service
+from scenarios.test_http_signals import until_in_flight
 
 HTTP = "tests.scenarios.http_service"
 LIFECYCLE = "tests.scenarios.lifecycle"
@@ -88,10 +89,7 @@ def test_stalled_log_stream_lets_the_request_in_flight_finish(
         assert await load(free_port) == (REQUESTS, 0)
         async with httpx.AsyncClient(base_url=base, timeout=10.0) as http:
             slow = asyncio.create_task(http.get("/slow?s=2"))
-            # In flight once the server counts it: ask the server, do not sleep and hope.
-            async with asyncio.timeout(5):
-                while (await http.get("/in-flight")).text != "1":  # noqa: ASYNC110 - the server's count is the event; bounded by the timeout
-                    await asyncio.sleep(0.01)
+            await until_in_flight(http, base, 1)
             svc.signal(signal.SIGTERM)
             return await slow
 
