@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from quiesce import Outcome, PhaseRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -181,6 +183,13 @@ def check_port_in_use_fails_start(
     assert f"server '{server}'" in errors[0]
     assert str(port) in errors[0]
     assert "Traceback" not in svc.output
+
+
+def the_cut(record: PhaseRecord) -> str:
+    """The one thing a timed-out step cut (the step must have timed out, cutting just one)."""
+    assert record.outcome is Outcome.TIMEOUT, record
+    (cut,) = record.cut
+    return cut
 
 
 def free_ports(n: int) -> list[int]:

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 import quiesce.tasks as tasks_module
+from conftest import the_cut
 from quiesce import App, ExitCode
 from quiesce.errors import StoppedError
 from quiesce.phases import Outcome, PhaseRecord
@@ -217,9 +218,7 @@ async def test_app_tasks_cut_with_no_cancel_grace_names_and_cancels_the_task() -
 
     async with asyncio.timeout(5):
         report = await app.serve()
-    tasks = report.step("tasks")
-    assert tasks.outcome is Outcome.TIMEOUT
-    (cut,) = tasks.cut
+    cut = the_cut(report.step("tasks"))
     assert cut.startswith("task 'export' spawned at tests/test_tasks_stop.py:")
     assert cut.endswith("[cancelled, not awaited]")
     _ = await asyncio.wait(stuck, timeout=1)  # cancelled, not waited for: let it land
