@@ -1,7 +1,7 @@
 """Rolling restart under load: failed requests and latency, steady state against the restart.
 
 Run: ``python bench/rolling_restart.py [--backend file|etcd|both] [--clients 50]
-[--rate 250] [--steady 5] [--drain 1.0] [--etcd URL]``.
+[--rate 250] [--steady 5] [--drain 1.0 --drain min=0.5,max=5,idle=0.3] [--etcd URL]``.
 
 Three instances of a small service (this script with ``--serve``: an App with
 an HTTPServer, registered with the default options of the backend) run as
@@ -14,6 +14,10 @@ instance in turn gets SIGTERM, exits, starts again and is listed by the
 registry (its ``READY`` line comes after registration). Requests are counted
 in the window they were sent in. Without ``--etcd``, an etcd from PATH is
 started on free loopback ports.
+
+Each ``--drain`` (as :func:`quiesce.drain.parse_drain` reads it) is one run on
+each backend; by default the fixed 1 s delay and the adaptive drain
+``min=0.5,max=5,idle=0.3``, side by side, with the whole restart's time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from stop_targets import Receive, Scope, Send
 
 from quiesce import App, HTTPServer
 from quiesce.client import AsyncClient
+from quiesce.drain import parse_drain
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bounds on an instance starting (READY) and stopping after SIGTERM.
@@ -47,7 +52,7 @@ EXIT_TIMEOUT = 15.0
 # -- the service --------------------------------------------------------------------
 
 
-def serve(ident: str, url: str, drain_delay: float) -> None:
+def serve(ident: str, url: str, drain_delay: str) -> None:
     """One instance: answers every request with its id (``--serve``)."""
     body = ident.encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
@@ -58,7 +63,9 @@ def serve(ident: str, url: str, drain_delay: float) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    app = App(name="orders", id=ident, registry=url, drain_delay=drain_delay, stop_timeout=10.0)
+    app = App(
+        name="orders", id=ident, registry=url, drain_delay=parse_drain(drain_delay), stop_timeout=10
+    )
     app.add_server(HTTPServer(answer, port=0, access_log=False, lifespan="off"))
 
     @app.after_start
@@ -71,11 +78,11 @@ def serve(ident: str, url: str, drain_delay: float) -> None:
 class Instance:
     """An instance subprocess; its stdout is read in a thread."""
 
-    def __init__(self, ident: str, url: str, drain_delay: float) -> None:
+    def __init__(self, ident: str, url: str, drain_delay: str) -> None:
         self.ident = ident
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", ident, url, str(drain_delay)],
+            [sys.executable, __file__, "--serve", ident, url, drain_delay],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -194,7 +201,7 @@ def stats(label: str, samples: list[Sample], seconds: float) -> None:
         print(f"         failed: {error}")
 
 
-def rolling(url: str, label: str, clients: int, rate: float, steady: float, drain: float) -> None:
+def rolling(url: str, label: str, clients: int, rate: float, steady: float, drain: str) -> None:
     instances = [Instance(f"i{n}-0", url, drain) for n in range(3)]
     load = Load(url, clients, rate)
     thread = threading.Thread(target=load.run, daemon=True)
@@ -220,8 +227,9 @@ def rolling(url: str, label: str, clients: int, rate: float, steady: float, drai
         for inst in instances:
             inst.kill()
     print(
-        f"{label}: 3 instances, drain {drain:g} s, {clients} clients, {rate:g} req/s; "
-        f"stops took {', '.join(f'{s:.2f}' for s in stops)} s"
+        f"{label}: 3 instances, drain {drain}, {clients} clients, {rate:g} req/s; "
+        f"stops took {', '.join(f'{s:.2f}' for s in stops)} s; "
+        f"the whole restart {t2 - t1:.2f} s"
     )
     columns = ("requests", "failed", "req/s", "p50 ms", "p99 ms", "max ms")
     print(f"{'window':<8} " + " ".join(f"{c:>{max(7, len(c))}}" for c in columns))
@@ -231,26 +239,30 @@ def rolling(url: str, label: str, clients: int, rate: float, steady: float, drai
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        serve(sys.argv[2], sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", choices=["etcd", "file", "both"], default="both")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rate", type=float, default=250.0, help="requests a second, all clients")
     parser.add_argument("--steady", type=float, default=5.0, help="seconds of steady state")
-    parser.add_argument("--drain", type=float, default=1.0, help="the instances' drain delay")
+    parser.add_argument(
+        "--drain", action="append", help="a drain delay to run with (repeat for several)"
+    )
     parser.add_argument("--etcd", help="an etcd:// URL to use instead of a private etcd")
     args = parser.parse_args()
-    run = (args.clients, args.rate, args.steady, args.drain)
-    if args.backend in ("file", "both"):
-        with tempfile.TemporaryDirectory() as folder:
-            rolling(f"file://{folder}", "file registry (poll 0.1 s)", *run)
-    if args.backend in ("etcd", "both"):
-        if args.etcd:
-            rolling(args.etcd, "etcd", *run)
-        else:
-            with local_etcd() as url:
-                rolling(url, "etcd", *run)
+    for drain in args.drain or ["1.0", "min=0.5,max=5,idle=0.3"]:
+        parse_drain(drain)  # a typo fails here, not in three subprocesses
+        run = (args.clients, args.rate, args.steady, drain)
+        if args.backend in ("file", "both"):
+            with tempfile.TemporaryDirectory() as folder:
+                rolling(f"file://{folder}", "file registry (poll 0.1 s)", *run)
+        if args.backend in ("etcd", "both"):
+            if args.etcd:
+                rolling(args.etcd, "etcd", *run)
+            else:
+                with local_etcd() as url:
+                    rolling(url, "etcd", *run)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 import signal
 import stat
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ async def test_info_lists_real_endpoints_once_bound() -> None:
     app = App(name="svc", version="1.2.3", metadata={"zone": "eu-1"}, id="fixed")
     app.add_server(StreamServer(echo, name="a"))
     app.add_server(StreamServer(echo, name="b"))
-    seen: list[tuple[str, ...]] = []
+    seen: list[Sequence[str]] = []
 
     @app.after_start
     def ready() -> None:

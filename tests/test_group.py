@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import pytest
 
 from quiesce import Outcome, Server, StartError
-from quiesce.group import SERVER_STOP_MARGIN, ServerGroup
-from quiesce.phases import Deadline, PhaseRecord
+from quiesce.budget import SERVER_STOP_MARGIN, StopBudget
+from quiesce.group import ServerGroup
+from quiesce.phases import PhaseRecord
 
 
 class Part:
@@ -77,7 +78,7 @@ async def test_group_starts_dependencies_first_and_stops_them_last() -> None:
     assert group.endpoints() == ("tcp://c", "tcp://b", "tcp://a")
     log.clear()
     rec = record()
-    await group.stop(rec, Deadline(5), reserve=0, default_timeout=None)
+    await group.stop(rec, StopBudget(5, reserve=0))
     assert log == ["stop a", "stop b", "stop c"]
     assert rec.outcome is Outcome.OK
     assert group.started == []
@@ -98,7 +99,7 @@ async def test_group_stop_cut_at_its_own_timeout_is_named_and_others_still_stop(
     await group.start(record(), 5)
     rec = record()
     began = time.monotonic()
-    await group.stop(rec, Deadline(5), reserve=0, default_timeout=None)
+    await group.stop(rec, StopBudget(5, reserve=0))
     took = time.monotonic() - began
     assert 0.2 <= took < 0.2 + SERVER_STOP_MARGIN + 0.5
     assert rec.outcome is Outcome.TIMEOUT
@@ -112,7 +113,7 @@ async def test_group_default_timeout_applies_to_servers_without_their_own() -> N
     group = ServerGroup([Part("slow", log, stop_for=10)])
     await group.start(record(), 5)
     rec = record()
-    await group.stop(rec, Deadline(5), reserve=0, default_timeout=0.1)
+    await group.stop(rec, StopBudget(5, reserve=0, server_default=0.1))
     assert rec.cut == ["server slow (stop did not return within 0.1s)"]
 
 
@@ -121,7 +122,7 @@ async def test_group_stop_never_outlasts_the_deadline_less_the_reserve() -> None
     group = ServerGroup([Part("slow", log, stop_for=10, stop_timeout=30)])
     await group.start(record(), 5)
     began = time.monotonic()
-    await group.stop(record(), Deadline(1.0), reserve=0.6, default_timeout=None)
+    await group.stop(record(), StopBudget(1.0, reserve=0.6))
     # The server's own 30 s is capped by what is left (1.0 - 0.6), plus a margin that
     # itself never reaches into the second half of the reserve.
     took = time.monotonic() - began

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from quiesce.app import App, AppInfo, LifecycleEvent
+from quiesce.app import App, AppInfo
+from quiesce.drain import Drain
 from quiesce.errors import (
     ConfigError,
     DependencyCycleError,
@@ -19,11 +20,12 @@ from quiesce.errors import (
     StartError,
     StoppedError,
 )
+from quiesce.lifecycle import Lifecycle, LifecycleEvent
 from quiesce.phases import Outcome, PhaseRecord, State
 from quiesce.registry import Discovery, Instance, Registry, RegistryError, Watch
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource
-from quiesce.servers import Server
+from quiesce.servers import BaseServer, Server
 from quiesce.tasks import Guard, PeriodicJob
 
 if TYPE_CHECKING:
@@ -52,14 +54,17 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "App",
     "AppInfo",
+    "BaseServer",
     "ConfigError",
     "DependencyCycleError",
     "Discovery",
+    "Drain",
     "ExitCode",
     "GRPCServer",
     "Guard",
     "HTTPServer",
     "Instance",
+    "Lifecycle",
     "LifecycleEvent",
     "Outcome",
     "PeriodicJob",

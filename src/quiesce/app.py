@@ -5,9 +5,10 @@ concurrently otherwise), register, ready, ``after_start``. Any failure stops
 what already started, in reverse.
 
 Stop: ``not_ready``, ``before_stop``, ``deregister``, ``drain``,
-``stop_servers``, ``tasks``, ``after_stop``, ``resources``; each bounded, all
-of it by ``stop_timeout``, with a reserve kept so that ``after_stop`` and
-``resources`` always run. A second signal forces the end at once.
+``stop_servers``, ``tasks``, ``after_stop``, ``resources``; each bounded by
+its share of one budget (:mod:`quiesce.budget`). A second signal forces the
+end at once (:mod:`quiesce.control`). Servers see the run through a
+:class:`~quiesce.lifecycle.Lifecycle`, never the App.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar, cast
 
 from quiesce import config, logqueue
+from quiesce.budget import StopBudget
 from quiesce.control import FORCE_GRACE, StopControl
-from quiesce.errors import ConfigError, ServerExitedError, StartError, describe
+from quiesce.drain import Drain, check_drain, hold
+from quiesce.errors import ConfigError, ServerExitedError
 from quiesce.group import ServerGroup
 from quiesce.hooks import Hook, run_hooks
-from quiesce.phases import STEP_BACKSTOP, Deadline, Outcome, PhaseRecord, State
+from quiesce.lifecycle import Lifecycle, LifecycleEvent
+from quiesce.phases import Deadline, Outcome, PhaseRecord, State
 from quiesce.phases import Sequence as Steps
 from quiesce.process import run_and_exit
-from quiesce.registry import Instance, Registry, from_url, redact
+from quiesce.registration import Registration
+from quiesce.registry import Instance, Registry
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource, ResourceStack
-from quiesce.servers import Server
+from quiesce.servers.contract import Attachable, Server, bound_loop, check_servers
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 from quiesce.watchdog import Watchdog, last_report
 
@@ -44,27 +48,9 @@ logger = logging.getLogger("quiesce.lifecycle")
 T = TypeVar("T")
 H = TypeVar("H", bound=Hook)
 
-
-@dataclass(frozen=True)
-class AppInfo:
-    """Who this instance is (Kratos' ``AppInfo``); endpoints fill in once servers are bound."""
-
-    id: str
-    name: str
-    version: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    endpoints: tuple[str, ...] = ()
-
-
-class LifecycleEvent(asyncio.Event):
-    """An :class:`asyncio.Event` that can also be awaited directly: ``await app.stopping``."""
-
-    def __await__(self) -> Any:
-        return self.wait().__await__()
-
-
-class _StartFailed(Exception):
-    """Internal: the start failed; the message is the one line for the user."""
+#: Who this instance is (Kratos' ``AppInfo``): the same class as :class:`quiesce.Instance`,
+#: so what :attr:`App.info` says is exactly what the registry stores.
+AppInfo = Instance
 
 
 class App:
@@ -78,7 +64,8 @@ class App:
         servers: :class:`~quiesce.Server` objects; more can be added with :meth:`add_server`.
         registry: None (no registration), a URL, or a :class:`~quiesce.registry.Registry`.
         signals: the stop signals; the first stops, a second one forces the end.
-        drain_delay: seconds to keep serving after deregistering and going not-ready.
+        drain_delay: how long to keep serving after deregistering and going not-ready:
+            seconds, or a :class:`~quiesce.Drain` that ends once traffic stops.
         stop_timeout: the whole stop's budget; the hard end.
         start_timeout: the whole start's budget.
         hook_timeout: each hook's own timeout.
@@ -108,7 +95,7 @@ class App:
         servers: Iterable[Server] = (),
         registry: str | Registry | None = None,
         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-        drain_delay: float = 0.0,
+        drain_delay: float | Drain = 0.0,
         stop_timeout: float = 30.0,
         start_timeout: float = 30.0,
         hook_timeout: float = 10.0,
@@ -141,15 +128,16 @@ class App:
         self.report_file = report_file
         self.log_queue = log_queue
 
+        #: What the servers see of this run: readiness, ``ready``, ``stopping``, arrivals.
+        self.lifecycle = Lifecycle(name)
         #: Set once every server is ready (and the instance registered), before ``after_start``.
-        self.ready = LifecycleEvent()
+        self.ready = self.lifecycle.ready
         #: Set when the stop begins; long-lived handlers wait on it to finish cleanly.
-        self.stopping = LifecycleEvent()
+        self.stopping = self.lifecycle.stopping
         #: Set when the stop has finished and the report is final.
         self.stopped = LifecycleEvent()
         #: The run's report, filled in as the run goes; final once :attr:`stopped` is set.
         self.report = Report(app=name, id=self.id)
-        self.state = State.CREATED
 
         self._hooks: dict[str, list[Hook]] = {
             "before_start": [],
@@ -160,8 +148,7 @@ class App:
         self._resources = ResourceStack()
         self._tracker = TaskTracker()
         self._jobs: list[PeriodicJob] = []
-        self._registry: Registry | None = None
-        self._instance: Instance | None = None
+        self._registration = Registration(None, timeout=registry_timeout, required=True)
         self._group = ServerGroup()
         self._ran: set[str] = set()  # hook groups and steps that have begun
         self._control = StopControl(lambda: self.state, self._set_reason)
@@ -169,6 +156,11 @@ class App:
         self._owns_process = False
         self._steps: Steps | None = None  # the sequence running now, for the watchdog
         self._report_file_checked = False  # a report_file that failed its check is not written
+
+    @property
+    def state(self) -> State:
+        """Where the app is in its life; only moves forward."""
+        return self.lifecycle.state
 
     @property
     def cleanup_reserve(self) -> float:
@@ -274,10 +266,10 @@ class App:
     # -- identity --------------------------------------------------------------
 
     @property
-    def info(self) -> AppInfo:
+    def info(self) -> Instance:
         """The instance: id, name, version, metadata and the endpoints of started servers."""
         endpoints = self._group.endpoints()
-        return AppInfo(self.id, self.name, self.version, dict(self.metadata), endpoints)
+        return Instance(self.id, self.name, self.version, dict(self.metadata), endpoints)
 
     # -- running ---------------------------------------------------------------
 
@@ -294,9 +286,7 @@ class App:
 
         # A grpc.aio.Server built at import time is bound to the loop current then: run on it.
         given: object = self.servers  # not a list: the validation makes it exit 2
-        servers = self.servers if isinstance(given, list) else []
-        bound = [loop for s in servers if (loop := getattr(s, "bound_loop", None))]
-        loop = bound[0] if bound else None
+        loop = bound_loop(self.servers) if isinstance(given, list) else None
         run_and_exit(main, self.cancel_grace, loop, log_queue=self.log_queue)
 
     async def serve(self) -> Report:
@@ -363,10 +353,8 @@ class App:
         # A start blocked in a synchronous call cannot see its own timeout, nor a signal.
         overran = f"the start overran start_timeout={self.start_timeout:g}s"
         with self._control.bounded(self.start_timeout, ExitCode.FAILED, overran):
-            failed = await self._control.run_start(self._start(start), grace=self.cancel_grace)
-        if failed is not None and not isinstance(failed, _StartFailed):
-            raise failed
-        failure = None if failed is None else str(failed)
+            await self._control.run_start(self._start(start), grace=self.cancel_grace)
+        failure = start.failure()  # the first failed step's one line, as it recorded it
         if failure is not None:
             report.error = failure
             report.reason = report.reason or "start failed"
@@ -395,29 +383,25 @@ class App:
         # Resources, one at a time in dependency-then-declaration order.
         async with seq.step("resources", deadline.remaining()) as rec:
             await self._resources.enter(rec, deadline.remaining())
-        _raise_if_failed(rec)
+        if not rec.ok:
+            return
 
         # before_start hooks; a failing one fails the start.
-        self._ran.add("before_start")
-        async with seq.step("before_start", deadline.remaining()) as rec:
-            await run_hooks(
-                self._hooks["before_start"],
-                rec,
-                timeout=self.hook_timeout,
-                budget=deadline.remaining(),
-            )
-        _raise_if_failed(rec)
+        if not (await self._hooks_step(seq, "before_start", deadline.remaining())).ok:
+            return
 
         # Servers: each as soon as what it depends on is ready; ready means bound.
         async with seq.step("servers", deadline.remaining()) as rec:
             await self._group.start(rec, deadline.remaining())
-        _raise_if_failed(rec)
+        if not rec.ok:
+            return
 
         # Register the instance with the real endpoints.
         async with seq.step("register", deadline.remaining()) as rec:
-            if self._registry is not None:
-                await self._register(rec, min(self.registry_timeout, deadline.remaining()))
-        _raise_if_failed(rec)
+            if self._registration.registry is not None:
+                await self._registration.register(rec, self.info, deadline.remaining())
+        if not rec.ok:
+            return
 
         # Ready: readiness turns true, periodic jobs begin, crashes are watched.
         self._set_state(State.RUNNING)
@@ -425,103 +409,70 @@ class App:
         self._tracker.start_jobs()
         self._group.watch(self._server_exited)
 
-        self._ran.add("after_start")
-        async with seq.step("after_start", deadline.remaining()) as rec:
-            await run_hooks(
-                self._hooks["after_start"],
-                rec,
-                timeout=self.hook_timeout,
-                budget=deadline.remaining(),
-            )
-        _raise_if_failed(rec)
+        # after_start hooks; a failing one fails the start (the stop follows).
+        await self._hooks_step(seq, "after_start", deadline.remaining())
 
     async def _stop(self, seq: Steps) -> None:
-        deadline = Deadline(self.stop_timeout)
-        reserve = self.cleanup_reserve
+        budget = StopBudget(
+            self.stop_timeout,
+            reserve=self.cleanup_reserve,
+            server_default=self.server_stop_timeout,
+        )
         serving = self.state is State.RUNNING
         self._set_state(State.STOPPING)
         self.stopping.set()
         self._group.unwatch()
 
         # Not ready: readiness 503 / NOT_SERVING while everything still serves.
-        async with seq.step("not_ready", deadline.remaining(reserve)) as rec:
+        async with seq.step("not_ready", budget.serving()) as rec:
             await self._group.drain(rec)
 
         # before_stop hooks (go-zero's wrap-up listeners), paired with after_start.
-        await self._hooks_step(seq, "before_stop", "after_start", deadline.remaining(reserve))
+        await self._hooks_step(seq, "before_stop", budget.serving(), paired_with="after_start")
 
         # Deregister, so clients stop picking this instance.
-        if "registered" in self._ran and self._registry is not None:
-            budget = min(self.registry_timeout, deadline.remaining(reserve))
-            async with seq.step("deregister", budget) as rec:
-                assert self._instance is not None
-                rec.waited_for.append(f"registry {self._registry_label()}")
-                await self._registry.deregister(self._instance)
-            if rec.outcome is Outcome.OK:
-                self._ran.add("deregistered")
+        if self._registration.began:
+            async with seq.step("deregister", min(self.registry_timeout, budget.serving())) as rec:
+                await self._registration.deregister(rec)
         else:
             seq.skip("deregister", "not registered")
 
-        # Drain delay: keep serving while clients and balancers notice.
-        if serving and self.drain_delay > 0:
-            async with seq.step("drain", deadline.remaining(reserve)) as rec:
-                await asyncio.sleep(self.drain_delay)
+        # Drain: keep serving while clients and balancers notice; the note says how it ended.
+        if serving and self.drain_delay != 0:
+            async with seq.step("drain", budget.serving()) as rec:
+                rec.note = await hold(self.drain_delay, self.lifecycle)
         else:
             seq.skip("drain", "no drain delay" if serving else "never served")
 
         # Servers, dependents before what they depend on; independent ones concurrently.
-        async with seq.step("stop_servers", deadline.remaining(reserve)) as rec:
-            default = self.server_stop_timeout
-            await self._group.stop(rec, deadline, reserve=reserve, default_timeout=default)
+        async with seq.step("stop_servers", budget.serving()) as rec:
+            await self._group.stop(rec, budget)
 
         # Tracked tasks and periodic jobs, then spawn/guard are closed.
         # The tracker bounds itself (wait, then cancel with a grace) so that it can name
         # what it cut; the step's own timeout is only a backstop behind it.
-        window = deadline.remaining(reserve)
-        grace = min(self.cancel_grace, window)
-        async with seq.step("tasks", window + self.cancel_grace) as rec:
-            await self._tracker.stop(rec, budget=window - grace, cancel_grace=grace)
+        wait, grace = budget.tasks(self.cancel_grace)
+        async with seq.step("tasks", wait + grace + self.cancel_grace) as rec:
+            await self._tracker.stop(rec, budget=wait, cancel_grace=grace)
 
         # after_stop hooks, paired with before_start; half the reserve stays for resources.
-        await self._hooks_step(seq, "after_stop", "before_start", deadline.remaining(reserve / 2))
+        await self._hooks_step(seq, "after_stop", budget.after_stop(), paired_with="before_start")
 
         # Resources, last in first out; the step's backstop still ends by the deadline.
-        async with seq.step("resources", deadline.remaining(STEP_BACKSTOP)) as rec:
-            await self._resources.close(rec, deadline.remaining(STEP_BACKSTOP))
-
-    async def _register(self, rec: PhaseRecord, timeout: float) -> None:
-        assert self._registry is not None
-        self._instance = Instance(**vars(self.info))
-        where = f"registry {self._registry_label()}"
-        rec.waited_for.append(where)
-        # Before the call: a register that fails or is cut may still have written the
-        # instance, and the stop that follows must take it out again.
-        self._ran.add("registered")
-        try:
-            async with asyncio.timeout(timeout):
-                await self._registry.register(self._instance)
-        except Exception as exc:
-            cause: BaseException | str = exc
-            if isinstance(exc, TimeoutError):
-                cause = f"no answer within registry_timeout={self.registry_timeout:g}s"
-            keep_registered = getattr(self._registry, "keep_registered", None)
-            if self.registry_required or keep_registered is None:
-                raise StartError(where, cause) from exc
-            logger.warning(
-                "%s: %s; serving anyway, registering in the background",
-                where,
-                cause if isinstance(cause, str) else describe(cause),
-            )
-            keep_registered(self._instance)
+        async with seq.step("resources", budget.resources()) as rec:
+            await self._resources.close(rec, budget.resources())
 
     # -- stop helpers ----------------------------------------------------------
 
-    async def _hooks_step(self, seq: Steps, group: str, paired_with: str, budget: float) -> None:
-        if paired_with not in self._ran:
-            seq.skip(group, f"{paired_with} never ran")
-            return
+    async def _hooks_step(
+        self, seq: Steps, group: str, budget: float, *, paired_with: str | None = None
+    ) -> PhaseRecord:
+        if paired_with is not None and paired_with not in self._ran:
+            return seq.skip(group, f"{paired_with} never ran")
+        self._ran.add(group)
         async with seq.step(group, budget) as rec:
             await run_hooks(self._hooks[group], rec, timeout=self.hook_timeout, budget=budget)
+        return rec
 
     async def _stop_or_force(self, seq: Steps) -> None:
         overran = f"the stop overran stop_timeout={self.stop_timeout:g}s"
@@ -538,12 +489,7 @@ class App:
 
     def _last_report(self, cause: str, code: int) -> Report:
         """The report as the watchdog leaves it (runs in the watchdog's thread)."""
-        left_behind = []
-        if "registered" in self._ran and "deregistered" not in self._ran:
-            left_behind.append(
-                f"instance {self.id} still in registry {self._registry_label()} "
-                "(deregister could not run; it leaves when its lease or heartbeat expires)"
-            )
+        left_behind = self._registration.left_behind()
         return last_report(
             self.report, self._steps, cause=cause, code=code, left_behind=left_behind
         )
@@ -567,47 +513,43 @@ class App:
         # First: once it is known to be writable, every other bad option still gets a report.
         config.check_report_file(self.report_file)
         self._report_file_checked = True
-        config.check_servers(self.servers)
+        check_servers(self.servers)
         config.check_signals(self.signals)
         config.check_identity(self.name, self.version)
-        timeouts = ("stop_timeout", "start_timeout", "hook_timeout", "registry_timeout")
-        config.check_seconds({option: getattr(self, option) for option in timeouts})
-        delays = ("drain_delay", "cleanup_reserve", "cancel_grace")
-        config.check_seconds({option: getattr(self, option) for option in delays}, zero_ok=True)
+        config.check_seconds(
+            {
+                "stop_timeout": self.stop_timeout,
+                "start_timeout": self.start_timeout,
+                "hook_timeout": self.hook_timeout,
+                "registry_timeout": self.registry_timeout,
+            }
+        )
+        longest_drain = check_drain(self.drain_delay)
+        reserve = self.cleanup_reserve
+        grace = self.cancel_grace
+        config.check_seconds({"cleanup_reserve": reserve, "cancel_grace": grace}, zero_ok=True)
         if self.server_stop_timeout is not None:
             config.check_seconds({"server_stop_timeout": self.server_stop_timeout})
         config.check_stop_budget(
-            drain_delay=self.drain_delay,
-            cleanup_reserve=self.cleanup_reserve,
-            stop_timeout=self.stop_timeout,
+            drain_delay=longest_drain, cleanup_reserve=reserve, stop_timeout=self.stop_timeout
         )
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
         config.check_names(self.servers, self._resources.resources)
-        config.check_registry(self.registry)
+        self._registration = Registration(
+            self.registry, timeout=self.registry_timeout, required=self.registry_required
+        )
+        self._registration.resolve(self.name)
         self._group = ServerGroup(self.servers)
-        if isinstance(self.registry, str):
-            self._registry = from_url(self.registry)
-        else:
-            self._registry = self.registry
-        # The name becomes a registry key: one that would land in another service's is refused.
-        check_name = getattr(self._registry, "check_name", None)
-        if check_name is not None:
-            check_name(self.name)
         for server in self.servers:
-            bind = getattr(server, "bind", None)
-            if bind is not None:
-                bind(self)
-
-    def _registry_label(self) -> str:
-        """The registry as the user named it, with any password masked."""
-        return redact(self.registry) if isinstance(self.registry, str) else repr(self.registry)
+            if isinstance(server, Attachable):
+                server.attach(self.lifecycle)
 
     def _set_state(self, state: State) -> None:
         order = list(State)
         if order.index(state) < order.index(self.state):
             raise RuntimeError(f"lifecycle cannot go from {self.state.value} to {state.value}")
-        self.state = state
+        self.lifecycle.state = state
 
     def _check_not_started(self, what: str) -> None:
         if self.state is not State.CREATED:
@@ -615,17 +557,6 @@ class App:
 
 
 # -- module helpers -------------------------------------------------------------
-
-
-def _raise_if_failed(rec: PhaseRecord) -> None:
-    if rec.outcome is Outcome.OK:
-        return
-    if rec.errors:
-        exc = rec.exception
-        line = str(exc) if isinstance(exc, StartError) else f"{rec.name}: {rec.errors[0]}"
-    else:
-        line = f"{rec.name} timed out: {', '.join(rec.cut)}"
-    raise _StartFailed(line)
 
 
 def _listed(items: Iterable[T]) -> list[T]:

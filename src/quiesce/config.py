@@ -18,18 +18,15 @@ from quiesce import ordering
 from quiesce.errors import ConfigError
 from quiesce.ordering import Named
 from quiesce.registry import Registry
-from quiesce.servers import Server
 
 __all__ = [
     "KUBERNETES_GRACE",
     "check_identity",
-    "check_listen",
     "check_names",
     "check_period",
     "check_registry",
     "check_report_file",
     "check_seconds",
-    "check_servers",
     "check_signals",
     "check_stop_budget",
 ]
@@ -137,30 +134,6 @@ def check_names(servers: Sequence[Named], resources: Sequence[Named]) -> None:
     ordering.validate(ordering.graph_of(servers), known=list(graph))
 
 
-def check_servers(servers: object) -> None:
-    """Check that each server implements :class:`~quiesce.Server`, then its own options.
-
-    A server's optional ``check()`` is called here, so that its bad options
-    fail the run like the app's (exit code 2) instead of at bind time.
-
-    Raises:
-        ConfigError: not a list, or naming the first server that is not one, or its bad option.
-
-    """
-    if not isinstance(servers, Sequence) or isinstance(servers, str | bytes):
-        raise ConfigError(f"servers={servers!r}: must be a list of quiesce.Server objects")
-    required = ("name", "depends_on", "start", "drain", "stop", "endpoints")
-    for i, server in enumerate(servers):
-        if not isinstance(server, Server):
-            missing = ", ".join(m for m in required if not hasattr(server, m))
-            raise ConfigError(
-                f"servers[{i}]: {type(server).__name__} is not a quiesce.Server (missing {missing})"
-            )
-        check = getattr(server, "check", None)
-        if check is not None:
-            check()
-
-
 def check_report_file(path: object) -> None:
     """Check that the report can be written to ``path``: its folder exists and is writable.
 
@@ -187,22 +160,6 @@ def check_report_file(path: object) -> None:
         why = "is not writable"
     if why is not None:
         raise ConfigError(f"report_file={target!r}: {why}")
-
-
-def check_listen(name: str, host: object, port: object, stop_timeout: object) -> None:
-    """Check a listening server's address and its own stop timeout.
-
-    Raises:
-        ConfigError: ``server '<name>': <option>=<value>: <why>``.
-
-    """
-    where = f"server {name!r}"
-    if not isinstance(host, str) or not host:
-        raise ConfigError(f"{where}: host={host!r}: must be a host name or address")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        raise ConfigError(f"{where}: port={port!r}: must be an integer from 0 to 65535")
-    if stop_timeout is not None:
-        check_seconds({f"{where}: stop_timeout": stop_timeout})
 
 
 def check_identity(name: object, version: object) -> None:

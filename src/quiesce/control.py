@@ -136,12 +136,14 @@ class StopControl:
         assert self._requested is not None, "bind() first"
         await self._requested.wait()
 
-    async def run_start(
-        self, start: Coroutine[Any, Any, None], *, grace: float
-    ) -> BaseException | None:
-        """Run ``start`` until it ends or a request aborts it; returns what it raised.
+    async def run_start(self, start: Coroutine[Any, Any, None], *, grace: float) -> None:
+        """Run ``start`` until it ends or a request aborts it.
 
         An aborted start is cancelled and gets ``grace`` seconds to unwind.
+
+        Raises:
+            Exception: what ``start`` raised (a defect: its steps keep their errors).
+
         """
         assert self._requested is not None, "bind() first"
         assert self._forced is not None, "bind() first"
@@ -152,8 +154,8 @@ class StopControl:
         if not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=grace)
-            return None
-        return task.exception()
+        elif (exc := task.exception()) is not None:
+            raise exc
 
     async def run_stop(
         self, stop: Coroutine[Any, Any, None], force_end: Callable[[], Awaitable[None]]

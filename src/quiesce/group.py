@@ -15,14 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quiesce import ordering
+from quiesce.budget import StopBudget
 from quiesce.errors import StartError, describe
-from quiesce.phases import Deadline, PhaseRecord
-from quiesce.servers import Server
+from quiesce.phases import PhaseRecord
+from quiesce.servers.contract import CountsInFlight, ExitsOnItsOwn, Server, own_stop_timeout
 
-__all__ = ["SERVER_STOP_MARGIN", "ServerGroup"]
-
-#: Extra time a server's stop() gets beyond its own timeout to cancel and close what is left.
-SERVER_STOP_MARGIN = 0.25
+__all__ = ["ServerGroup"]
 
 
 class ServerGroup:
@@ -48,7 +46,9 @@ class ServerGroup:
         At the budget, each server not yet ready is named as cut on ``rec``.
 
         Raises:
-            StartError: a server failed to start; it names the server.
+            StartError: a server failed to start; it names the server. Every
+                adapter raises one itself; what a server of the user's raises
+                otherwise is wrapped into one.
 
         """
         by_name = {s.name: s for s in self.servers}
@@ -60,10 +60,11 @@ class ServerGroup:
             self.started.append(server)  # a start cut by cancellation is stopped too
             try:
                 await server.start()
-            except Exception as exc:
+            except StartError:
                 self.started.remove(server)
-                if isinstance(exc, StartError):  # the adapter already named itself
-                    raise
+                raise
+            except Exception as exc:  # not an adapter's: the contract says StartError
+                self.started.remove(server)
                 raise StartError(f"server {name!r}", exc) from exc
             ready.add(name)
 
@@ -74,35 +75,24 @@ class ServerGroup:
             for server in self.servers:
                 if server.name not in ready:
                     state = "starting" if server in self.started else "waiting for its dependencies"
-                    rec.timed_out(f"server {server.name} (not ready within {budget:.3g}s, {state})")
+                    rec.timed_out(
+                        f"server {server.name} (not ready within {round(budget, 2):g}s, {state})"
+                    )
 
     async def drain(self, rec: PhaseRecord) -> None:
         """Tell every started server to go not-ready while it keeps serving."""
         await _each(rec, self.started, lambda s: s.drain())
 
-    async def stop(
-        self, rec: PhaseRecord, deadline: Deadline, *, reserve: float, default_timeout: float | None
-    ) -> None:
-        """Stop the started servers, dependents first, within ``deadline`` less ``reserve``.
-
-        A server without a ``stop_timeout`` of its own gets ``default_timeout``
-        (None: whatever is left of the budget).
-        """
+    async def stop(self, rec: PhaseRecord, budget: StopBudget) -> None:
+        """Stop the started servers, dependents first, each within its share of ``budget``."""
         started = {s.name: s for s in self.started}
         graph = {n: [d for d in deps if d in started] for n, deps in self.graph().items()}
         graph = {n: deps for n, deps in graph.items() if n in started}
 
         async def stop_server(name: str) -> None:
             server = started[name]
-            own = getattr(server, "stop_timeout", None)
-            own = default_timeout if own is None else own
-            # The server's own cut (and its margin) must end inside the budget, so that
-            # the server names what it cut before any outer bound fires.
-            budget = max(0.0, deadline.remaining(reserve) - SERVER_STOP_MARGIN)
-            timeout = budget if own is None else min(own, budget)
-            hard = timeout + SERVER_STOP_MARGIN
-            in_flight = getattr(server, "in_flight", None)
-            load = f" ({in_flight} in flight)" if isinstance(in_flight, int) else ""
+            timeout, hard = budget.server(own_stop_timeout(server))
+            load = f" ({server.in_flight} in flight)" if isinstance(server, CountsInFlight) else ""
             rec.waited_for.append(f"server {name}{load}")
             try:
                 async with asyncio.timeout(hard):
@@ -133,12 +123,11 @@ class ServerGroup:
     def watch(self, on_exit: Callable[[str, str], None]) -> None:
         """Call ``on_exit(name, cause)`` when a started server stops serving on its own.
 
-        Only servers with a ``wait_closed()`` can be watched.
+        Only servers that can exit on their own (:class:`ExitsOnItsOwn`) are watched.
         """
         for server in self.started:
-            wait_closed = getattr(server, "wait_closed", None)
-            if wait_closed is not None:
-                watcher = _watch(server.name, wait_closed, on_exit)
+            if isinstance(server, ExitsOnItsOwn):
+                watcher = _watch(server.name, server.wait_closed, on_exit)
                 self._watchers.append(asyncio.create_task(watcher, name="quiesce watch"))
 
     def unwatch(self) -> None:

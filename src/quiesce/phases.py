@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from quiesce.errors import QuiesceError, describe
+from quiesce.errors import QuiesceError, StartError, describe
 
 __all__ = ["STEP_BACKSTOP", "Deadline", "Outcome", "PhaseRecord", "Sequence", "State"]
 
@@ -115,6 +115,24 @@ class PhaseRecord:
         self.cut.append(what)
         self.mark(Outcome.TIMEOUT)
 
+    @property
+    def ok(self) -> bool:
+        """True when the step ended ``ok``."""
+        return self.outcome is Outcome.OK
+
+    def failure(self) -> str | None:
+        """The one line saying why this step failed (an error or a timeout), or None.
+
+        A part's own :class:`~quiesce.StartError` is its line as it stands.
+        """
+        if self.outcome not in (Outcome.ERROR, Outcome.TIMEOUT):
+            return None
+        if isinstance(self.exception, StartError):
+            return str(self.exception)
+        if self.errors:
+            return f"{self.name}: {self.errors[0]}"
+        return f"{self.name} timed out: {', '.join(self.cut)}"
+
     def as_dict(self) -> dict[str, Any]:
         """The record as plain JSON-able data."""
         return {
@@ -181,6 +199,10 @@ class Sequence:
             self.active = None
             self.records.append(record)
             self.log(record)
+
+    def failure(self) -> str | None:
+        """The one line saying why the first failed step failed, or None."""
+        return next((line for r in self.records if (line := r.failure()) is not None), None)
 
     def skip(self, name: str, why: str) -> PhaseRecord:
         """Record a step that was not run."""

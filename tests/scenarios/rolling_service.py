@@ -1,6 +1,7 @@
 """One instance of the ``orders`` service, for the rolling restart tests (a real subprocess).
 
-``python -m tests.scenarios.rolling_service NAME REPORT_FILE REGISTRY_URL [DRAIN_DELAY]``.
+``python -m tests.scenarios.rolling_service NAME REPORT_FILE REGISTRY_URL [DRAIN_DELAY]``,
+the drain delay as :func:`quiesce.drain.parse_drain` reads it (``1.0``, ``min=0.5,max=5,idle=0.3``).
 
 An App with an HTTPServer on a free loopback port, registered in the
 registry at ``REGISTRY_URL``; every request (GET or POST, any path) is
@@ -19,6 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from quiesce import App
+from quiesce.drain import parse_drain
 from quiesce.servers.asgi import HTTPServer
 from scenarios.events import say
 
@@ -31,7 +33,7 @@ WORK = 0.002
 
 def main() -> None:
     name, report_file, url = sys.argv[1], sys.argv[2], sys.argv[3]
-    drain_delay = float(sys.argv[4]) if len(sys.argv) > 4 else DRAIN_DELAY
+    drain_delay = parse_drain(sys.argv[4]) if len(sys.argv) > 4 else DRAIN_DELAY
     app = App(
         name="orders",
         id=name,

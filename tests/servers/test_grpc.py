@@ -148,7 +148,7 @@ async def test_grpc_port_in_use_raises_start_error_naming_the_address() -> None:
         server = GRPCServer(Sleeper().server(), port=port)
         with pytest.raises(StartError) as info:
             await server.start()
-    bind = f"cannot bind grpc://127.0.0.1:{port}: Address already in use"
+    bind = f"cannot listen on 127.0.0.1:{port}: Address already in use"
     assert str(info.value) == f"server 'grpc' failed to start: {bind}"
     assert await server.stop(1) == []
 

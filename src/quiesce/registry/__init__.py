@@ -39,8 +39,10 @@ if TYPE_CHECKING:  # the backends are imported only when a URL asks for them
     from quiesce.registry.file import FileRegistry
 
 __all__ = [
+    "ChecksNames",
     "Discovery",
     "Instance",
+    "KeepsRegistering",
     "Registry",
     "RegistryError",
     "Watch",
@@ -178,6 +180,24 @@ class Registry(Protocol):
 
     async def deregister(self, instance: Instance) -> None:
         """Withdraw ``instance``; watchers see it gone."""
+        ...
+
+
+@runtime_checkable
+class ChecksNames(Protocol):
+    """A registry that refuses service names it cannot store safely (checked before the start)."""
+
+    def check_name(self, name: str) -> None:
+        """Raises :class:`~quiesce.ConfigError` for a name that would land in another's key."""
+        ...
+
+
+@runtime_checkable
+class KeepsRegistering(Protocol):
+    """A registry that can go on registering in the background (``registry_required=False``)."""
+
+    def keep_registered(self, instance: Instance) -> None:
+        """Register ``instance`` until it works, then keep it fresh; never raises."""
         ...
 
 

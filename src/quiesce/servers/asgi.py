@@ -22,23 +22,20 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 
-from quiesce.config import check_listen
 from quiesce.errors import ConfigError, StartError
-from quiesce.phases import State
+from quiesce.lifecycle import Lifecycle
+from quiesce.servers.listening import ListeningServer
 from quiesce.servers.uvicorn_parts import (
-    OPTION_RULES,
     ConnectionSet,
     LifespanLog,
+    check_uvicorn_options,
     describe,
     unsent_bytes,
 )
-
-if TYPE_CHECKING:
-    from quiesce.app import App
 
 __all__ = ["HTTPServer"]
 
@@ -59,22 +56,9 @@ CUT_GRACE = 0.1
 HEADER_REFRESH = 1.0
 #: Bound on uvicorn's listener ``wait_closed()``, which on 3.12+ waits for connections.
 WAIT_CLOSED_TIMEOUT = 0.2
-#: uvicorn options that make no sense for one embedded server, and what to do instead.
-NOT_EMBEDDABLE = {
-    "uds": "HTTPServer listens on host:port",
-    "fd": "HTTPServer listens on host:port",
-    "reload": "restart the process instead",
-    "workers": "run more instances instead",
-    "timeout_graceful_shutdown": "use stop_timeout",
-    "loop": "the App runs on its own loop (uvloop when installed)",
-    "interface": "HTTPServer serves ASGI 3 apps",
-    "factory": "pass the app itself",
-}
-#: Values of :data:`NOT_EMBEDDABLE` options that change nothing, beyond None and False.
-HARMLESS = {"workers": (1,), "loop": ("auto", "none"), "interface": ("auto", "asgi3")}
 
 
-class HTTPServer:
+class HTTPServer(ListeningServer):
     """Serve ``asgi_app`` on ``host:port`` with uvicorn, as a :class:`~quiesce.Server`.
 
     ``health_path`` answers 200 while the process is alive; ``ready_path``
@@ -86,7 +70,9 @@ class HTTPServer:
     cut, WebSockets are closed with code 1001; the report names each.
     ``uvicorn_options`` go to :class:`uvicorn.Config` (``log_config``
     defaults to None: the host's logging is left alone); an unknown one, or
-    one of :data:`NOT_EMBEDDABLE`, is a bad configuration (exit code 2).
+    one that makes no sense embedded (``workers``, ``reload``...), is a bad
+    configuration (exit code 2). Each request and each new connection (probes
+    aside) is an arrival for the app's adaptive drain.
 
     Raises (from :meth:`start`):
         StartError: the port cannot be bound, or the ASGI lifespan startup failed.
@@ -105,14 +91,13 @@ class HTTPServer:
         ready_path: str | None = "/readyz",
         **uvicorn_options: Any,
     ) -> None:
+        super().__init__(
+            host=host, port=port, name=name, depends_on=depends_on, stop_timeout=stop_timeout
+        )
         self.app = asgi_app
-        self.host = host
-        self.port = port
         self._picked_port: int | None = None  # the port the system chose for port=0
-        self.name = name
-        self.depends_on: Sequence[str] = tuple(depends_on)
-        self.stop_timeout = stop_timeout
         self.uvicorn_options = {"log_config": None, **uvicorn_options}
+        self.scheme = "https" if self.uvicorn_options.get("ssl_certfile") else "http"
         self._gate = _Gate(asgi_app, health_path, ready_path)
         self._uvicorn_config: uvicorn.Config | None = None
         self._server: uvicorn.Server | None = None
@@ -131,19 +116,11 @@ class HTTPServer:
                 uvicorn option, or this server is serving another App right now.
 
         """
-        check_listen(self.name, self.host, self.port, self.stop_timeout)
-        where = f"server {self.name!r}"
+        super().check()
+        where = self.where
         if not callable(self.app):
             raise ConfigError(f"{where}: {self.app!r} is not an ASGI app (not callable)")
-        for option, instead in NOT_EMBEDDABLE.items():
-            value = self.uvicorn_options.get(option)
-            if value not in (None, False, *HARMLESS.get(option, ())):
-                raise ConfigError(f"{where}: uvicorn option {option}={value!r}: {instead}")
-        for option, value in self.uvicorn_options.items():
-            # uvicorn would fail on these only at start (exit 1), or misbehave while serving.
-            ok, must = OPTION_RULES.get(option, (lambda v: True, ""))
-            if not ok(value):
-                raise ConfigError(f"{where}: uvicorn option {option}={value!r}: must be {must}")
+        check_uvicorn_options(where, self.uvicorn_options)
         try:
             self._config()
         except TypeError as exc:  # an unknown keyword: a typo of a uvicorn option
@@ -154,20 +131,18 @@ class HTTPServer:
                 must = "must be a path starting with /, or None"
                 raise ConfigError(f"{where}: {option}={path!r}: {must}")
 
-    def bind(self, app: App) -> None:
-        """Answer readiness from ``app``'s lifecycle state.
+    def attach(self, lifecycle: Lifecycle) -> None:
+        """Answer readiness from the app's lifecycle, and report arrivals to it.
 
         Raises:
             ConfigError: another App is running this server (one App at a time; a
                 server whose App has stopped can serve the next one).
 
         """
-        owner = self._gate.owner
-        busy = owner is not None and owner is not app and owner.state in _LIVE
-        if busy or self._server is not None:
-            by = f" by App {owner.name!r}" if busy and owner is not None else ""
-            raise ConfigError(f"server {self.name!r} is in use{by}: one App at a time")
-        self._gate.owner = app
+        super().attach(lifecycle)
+        if self._server is not None:
+            raise ConfigError(f"{self.where} is in use: one App at a time")
+        self._gate.lifecycle = lifecycle
 
     def _config(self) -> uvicorn.Config:
         # Built once a run: check() builds it to catch typos, and building it configures
@@ -181,7 +156,8 @@ class HTTPServer:
     async def start(self) -> None:
         """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
         # A server that served an App before starts afresh (uvicorn's pieces are per run).
-        self._connections = ConnectionSet()
+        lifecycle = self.lifecycle
+        self._connections = ConnectionSet(lifecycle.arrived if lifecycle is not None else None)
         self._exited = asyncio.Event()
         self._lifespan_errors = []
         self._gate.reset()
@@ -204,7 +180,7 @@ class HTTPServer:
                 # exception itself (not uvicorn's text of it) for handlers that want it.
                 error = self._gate.lifespan_error
                 logger.debug("server %r: ASGI lifespan startup failed", self.name, exc_info=error)
-                raise StartError(f"server {self.name!r}", f"ASGI lifespan: {detail}") from None
+                raise StartError(self.where, f"ASGI lifespan: {detail}") from None
         except BaseException:
             sock.close()
             for listener in getattr(server, "servers", ()):
@@ -272,12 +248,6 @@ class HTTPServer:
         self._exited.set()
         return cut
 
-    def endpoints(self) -> list[str]:
-        """``http://host:port`` (``https`` with TLS options), with the real port once bound."""
-        scheme = "https" if self.uvicorn_options.get("ssl_certfile") else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return [f"{scheme}://{host}:{self.port}"]
-
     async def wait_closed(self) -> None:
         """Return when the server stopped serving (after a stop, or uvicorn's request limit)."""
         await self._exited.wait()
@@ -303,10 +273,7 @@ class HTTPServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            reason = exc.strerror or str(exc)
-            raise StartError(
-                f"server {self.name!r}", f"cannot listen on {self.host}:{self.port}: {reason}"
-            ) from exc
+            raise self.cannot_listen(exc) from exc
         if self.port in (0, self._picked_port):
             self._picked_port = self.port = sock.getsockname()[1]
         return sock
@@ -355,8 +322,8 @@ class _Gate:
         "cutting",
         "draining",
         "health_path",
+        "lifecycle",
         "lifespan_error",
-        "owner",
         "ready_path",
     )
 
@@ -364,7 +331,7 @@ class _Gate:
         self.app = app
         self.health_path = health_path
         self.ready_path = ready_path
-        self.owner: App | None = None
+        self.lifecycle: Lifecycle | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -383,6 +350,8 @@ class _Gate:
                 return await self._probe(send, ready=False)
             if self.draining:
                 send = _closing(send)
+        if (lifecycle := self.lifecycle) is not None and scope["type"] != "lifespan":
+            lifecycle.arrived()
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
@@ -401,10 +370,10 @@ class _Gate:
             raise
 
     async def _probe(self, send: Send, *, ready: bool) -> None:
-        owner = self.owner
-        state = owner.state.value if owner is not None else "running"
+        lifecycle = self.lifecycle
+        state = lifecycle.state.value if lifecycle is not None else "running"
         if ready:
-            ok = not self.draining and (owner is None or owner.state is State.RUNNING)
+            ok = not self.draining and (lifecycle is None or lifecycle.is_serving)
             body = {"status": "ready" if ok else "not ready", "state": state}
         else:
             ok = True
@@ -436,6 +405,3 @@ def _closing(send: Send) -> Send:
         await send(message)
 
     return closing_send
-
-
-_LIVE = (State.STARTING, State.RUNNING, State.STOPPING)

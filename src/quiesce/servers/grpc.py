@@ -19,18 +19,15 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # stubs predate it
 
-from quiesce.config import check_listen
 from quiesce.errors import ConfigError, StartError
 from quiesce.servers.grpc_calls import CallTracker, handler_tables
-
-if TYPE_CHECKING:
-    from quiesce.app import App
+from quiesce.servers.listening import ListeningServer
 
 __all__ = ["GRPCServer", "ServerFactory"]
 
@@ -42,7 +39,7 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 logger = logging.getLogger(__name__)
 
 
-class GRPCServer:
+class GRPCServer(ListeningServer):
     """Serve a ``grpc.aio.Server`` on ``host:port`` within an :class:`~quiesce.App`.
 
     Long-lived calls (server streams, bidirectional streams) should await
@@ -67,7 +64,11 @@ class GRPCServer:
         health: register the standard ``grpc.health.v1.Health`` service
             (grpcio-health-checking) and tie it to the lifecycle.
 
+    Each call (health checks aside) is an arrival for the app's adaptive drain.
+
     """
+
+    scheme = "grpc"
 
     def __init__(
         self,
@@ -80,12 +81,10 @@ class GRPCServer:
         stop_timeout: float | None = None,
         health: bool = True,
     ) -> None:
+        super().__init__(
+            host=host, port=port, name=name, depends_on=depends_on, stop_timeout=stop_timeout
+        )
         self._source = server_or_factory
-        self.host = host
-        self.port = port
-        self.name = name
-        self.depends_on: Sequence[str] = tuple(depends_on)
-        self.stop_timeout = stop_timeout
         #: The health servicer once started (grpcio-health-checking's aio
         #: ``HealthServicer``; None with ``health=False``). Its ``set()`` is honoured
         #: until the stop begins.
@@ -96,7 +95,6 @@ class GRPCServer:
         self._health_enabled = health
         self._server: grpc.aio.Server | None = None
         self._running = False
-        self._app: App | None = None
         self._until_ready: asyncio.Task[None] | None = None
         self._calls = CallTracker()
 
@@ -120,13 +118,14 @@ class GRPCServer:
                 event loop than the running one.
 
         """
-        check_listen(self.name, self.host, self.port, self.stop_timeout)
+        super().check()
         if (why := self._unusable()) is not None:
-            raise ConfigError(f"server {self.name!r}: {why}")
+            raise ConfigError(f"{self.where}: {why}")
 
-    def bind(self, app: App) -> None:
-        """Turn health SERVING when ``app`` is ready, not merely when this server is bound."""
-        self._app = app
+    @property
+    def in_flight(self) -> int:
+        """Calls being handled now (async handlers; sync ones are not followed)."""
+        return len(self._calls.active)
 
     async def start(self) -> None:
         """Build the server if given a factory, add the health service, bind, start.
@@ -140,7 +139,7 @@ class GRPCServer:
                 a health service, or grpc failed to start.
 
         """
-        where = f"server {self.name!r}"
+        where = self.where
         server = await self._build()
         found = _service_names(server)
         if self._health_enabled and HEALTH_SERVICE in found:
@@ -151,13 +150,14 @@ class GRPCServer:
             logger.debug("%s: grpc's handler tables not found; cut calls go unnamed", where)
         if self._health_enabled:
             self.health = await self._add_health(server, found)
-        address = _address(self.host, self.port)
+        lifecycle = self.lifecycle
+        self._calls.on_arrival = lifecycle.arrived if lifecycle is not None else None
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_insecure_port(self.address)
         except RuntimeError as exc:  # grpc's message says only "Failed to bind"
-            raise StartError(where, _bind_error(self.host, self.port)) from exc
+            raise self.cannot_listen(_bind_error(self.host, self.port)) from exc
         if port == 0:  # older grpc releases return 0 instead of raising
-            raise StartError(where, _bind_error(self.host, self.port))
+            raise self.cannot_listen(_bind_error(self.host, self.port))
         self.port = port
         self._server = server
         try:
@@ -167,12 +167,12 @@ class GRPCServer:
         self._running = True
         if self.health is None:
             return
-        if self._app is None:  # started alone: ready once started
+        if lifecycle is None:  # started alone: ready once started
             await self._mark_serving(self.health)
         else:
             # The app is ready once every server is bound and the instance registered.
             self._until_ready = asyncio.create_task(
-                self._mark_serving(self.health, self._app.ready), name=f"quiesce {self.name} health"
+                self._mark_serving(self.health, lifecycle.ready), name=f"quiesce {self.name} health"
             )
 
     async def drain(self) -> None:
@@ -238,10 +238,6 @@ class GRPCServer:
             # future, and stop() would then fail at once instead of draining.
             await asyncio.shield(self._server.wait_for_termination())
 
-    def endpoints(self) -> list[str]:
-        """``grpc://host:port``, with the real port once started."""
-        return [f"grpc://{_address(self.host, self.port)}"]
-
     # -- internals -------------------------------------------------------------
 
     def _unusable(self) -> str | None:
@@ -263,7 +259,7 @@ class GRPCServer:
         return None
 
     async def _build(self) -> grpc.aio.Server:
-        where = f"server {self.name!r}"
+        where = self.where
         if (why := self._unusable()) is not None:
             raise StartError(where, why)
         source = self._source
@@ -348,10 +344,6 @@ def _service_names(server: grpc.aio.Server) -> list[str]:
     return sorted(names)
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _bind_error(host: str, port: int) -> str:
     """Why ``host:port`` cannot be bound, found by trying it (grpc only says that it failed)."""
     cause = "grpc could not bind it"
@@ -362,4 +354,4 @@ def _bind_error(host: str, port: int) -> str:
             probe.bind(addr)
     except OSError as exc:
         cause = exc.strerror or str(exc)
-    return f"cannot bind grpc://{_address(host, port)}: {cause}"
+    return cause

@@ -10,7 +10,7 @@ import contextlib
 import gc
 import inspect
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -29,6 +29,8 @@ class CallTracker:
 
     def __init__(self) -> None:
         self.active: dict[int, str] = {}
+        #: Called as each tracked call begins (the app's ``Lifecycle.arrived``), if set.
+        self.on_arrival: Callable[[], None] | None = None
         self._ids = itertools.count()
 
     def wrap_handlers(self, server: grpc.aio.Server) -> bool:
@@ -77,6 +79,8 @@ class CallTracker:
     @contextlib.contextmanager
     def _call(self, method: str, context: Any) -> Iterator[None]:
         key = next(self._ids)
+        if self.on_arrival is not None:
+            self.on_arrival()
         try:
             peer = context.peer()
         except Exception:  # a peer is a detail of the report, never a reason to fail a call

@@ -11,20 +11,21 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
-from quiesce.config import check_listen
 from quiesce.errors import ConfigError
+from quiesce.servers.listening import ListeningServer
 
 __all__ = ["StreamHandler", "StreamServer"]
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class StreamServer:
+class StreamServer(ListeningServer):
     """Serve ``handler(reader, writer)`` for each TCP connection on ``host:port``.
 
     ``port=0`` picks a free port; :meth:`endpoints` reports the real one.
     ``draining`` is true from :meth:`drain` on, for handlers that want to
-    close keep-alive style connections early.
+    close keep-alive style connections early. Each new connection is an
+    arrival for the app's adaptive drain.
     """
 
     def __init__(
@@ -37,12 +38,10 @@ class StreamServer:
         depends_on: Sequence[str] = (),
         stop_timeout: float | None = None,
     ) -> None:
+        super().__init__(
+            host=host, port=port, name=name, depends_on=depends_on, stop_timeout=stop_timeout
+        )
         self.handler = handler
-        self.host = host
-        self.port = port
-        self.name = name
-        self.depends_on: Sequence[str] = tuple(depends_on)
-        self.stop_timeout = stop_timeout
         self.draining = False
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -54,19 +53,29 @@ class StreamServer:
             ConfigError: the handler is not callable, or a bad address or stop timeout.
 
         """
-        check_listen(self.name, self.host, self.port, self.stop_timeout)
+        super().check()
         if not callable(self.handler):
-            raise ConfigError(f"server {self.name!r}: the handler {self.handler!r} is not callable")
+            raise ConfigError(f"{self.where}: the handler {self.handler!r} is not callable")
 
     async def start(self) -> None:
-        """Bind and listen; raises OSError when the address cannot be bound."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        """Bind and listen.
+
+        Raises:
+            StartError: the address cannot be bound.
+
+        """
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise self.cannot_listen(exc) from exc
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections[task] = writer
+        if self.lifecycle is not None:
+            self.lifecycle.arrived()
         try:
             await self.handler(reader, writer)
         finally:
@@ -105,7 +114,3 @@ class StreamServer:
             async with asyncio.timeout(0.5):
                 await server.wait_closed()
         return cut
-
-    def endpoints(self) -> list[str]:
-        """``tcp://host:port``, with the real port once started."""
-        return [f"tcp://{self.host}:{self.port}"]

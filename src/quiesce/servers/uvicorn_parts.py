@@ -11,13 +11,23 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, MutableMapping, MutableSet
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSet
 from typing import Any
 
 from uvicorn.config import HTTP_PROTOCOLS, LIFESPAN, LOG_LEVELS, WS_PROTOCOLS
 from uvicorn.importer import ImportFromStringError, import_from_string
 
-__all__ = ["OPTION_RULES", "ConnectionSet", "LifespanLog", "describe", "unsent_bytes"]
+from quiesce.errors import ConfigError
+
+__all__ = [
+    "NOT_EMBEDDABLE",
+    "OPTION_RULES",
+    "ConnectionSet",
+    "LifespanLog",
+    "check_uvicorn_options",
+    "describe",
+    "unsent_bytes",
+]
 
 logger = logging.getLogger("quiesce.http")
 
@@ -79,6 +89,39 @@ OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+#: uvicorn options that make no sense for one embedded server, and what to do instead.
+NOT_EMBEDDABLE = {
+    "uds": "HTTPServer listens on host:port",
+    "fd": "HTTPServer listens on host:port",
+    "reload": "restart the process instead",
+    "workers": "run more instances instead",
+    "timeout_graceful_shutdown": "use stop_timeout",
+    "loop": "the App runs on its own loop (uvloop when installed)",
+    "interface": "HTTPServer serves ASGI 3 apps",
+    "factory": "pass the app itself",
+}
+#: Values of :data:`NOT_EMBEDDABLE` options that change nothing, beyond None and False.
+HARMLESS = {"workers": (1,), "loop": ("auto", "none"), "interface": ("auto", "asgi3")}
+
+
+def check_uvicorn_options(where: str, options: Mapping[str, Any]) -> None:
+    """Check uvicorn options by :data:`NOT_EMBEDDABLE` and :data:`OPTION_RULES`.
+
+    Raises:
+        ConfigError: ``<where>: uvicorn option <name>=<value>: <why>``.
+
+    """
+    for option, instead in NOT_EMBEDDABLE.items():
+        value = options.get(option)
+        if value not in (None, False, *HARMLESS.get(option, ())):
+            raise ConfigError(f"{where}: uvicorn option {option}={value!r}: {instead}")
+    for option, value in options.items():
+        # uvicorn would fail on these only at start (exit 1), or misbehave while serving.
+        ok, must = OPTION_RULES.get(option, (lambda v: True, ""))
+        if not ok(value):
+            raise ConfigError(f"{where}: uvicorn option {option}={value!r}: must be {must}")
+
+
 def describe(scope: MutableMapping[str, Any], unsent: int = 0) -> str:
     """How the report names a cut request, response or WebSocket."""
     client = scope.get("client")
@@ -111,10 +154,11 @@ class ConnectionSet(MutableSet[Any]):
     goes through :meth:`discard`, so the event cannot miss.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_add: Callable[[], None] | None = None) -> None:
         self._items: set[Any] = set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._on_add = on_add  # a new connection is an arrival (Lifecycle.arrived)
 
     @classmethod
     def _from_iterable(cls, items: Iterable[Any]) -> set[Any]:
@@ -133,6 +177,8 @@ class ConnectionSet(MutableSet[Any]):
         """Add a connection (uvicorn calls this in ``connection_made``)."""
         self._items.add(item)
         self._empty.clear()
+        if self._on_add is not None:
+            self._on_add()
 
     def discard(self, item: Any) -> None:
         """Remove a connection if present; every other way out comes through here."""

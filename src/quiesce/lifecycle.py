@@ -1,0 +1,65 @@
+"""What a server sees of the app it serves in: a :class:`Lifecycle`, never the App itself.
+
+The App owns one and hands it to each server once (``attach``), before the
+start. A server reads readiness from it, waits on ``ready`` or ``stopping``,
+and says when traffic arrives (:meth:`Lifecycle.arrived`), which is what an
+adaptive drain (:class:`quiesce.Drain`) watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+from quiesce.phases import State
+
+__all__ = ["Lifecycle", "LifecycleEvent"]
+
+
+class LifecycleEvent(asyncio.Event):
+    """An :class:`asyncio.Event` that can also be awaited directly: ``await app.stopping``."""
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+
+class Lifecycle:
+    """The lifecycle of one app run, as its servers see it.
+
+    ``ready`` is set once every server is ready (and the instance registered);
+    ``stopping`` when the stop begins. ``state`` is the app's
+    :class:`~quiesce.State`; only the app moves it.
+    """
+
+    __slots__ = ("app", "arrivals", "last_arrival", "ready", "state", "stopping")
+
+    def __init__(self, app: str = "") -> None:
+        #: The app's name, for messages ("in use by App 'orders'").
+        self.app = app
+        self.ready = LifecycleEvent()
+        self.stopping = LifecycleEvent()
+        self.state = State.CREATED
+        #: How many requests, calls, connections or messages have arrived.
+        self.arrivals = 0
+        #: ``time.monotonic()`` of the last arrival; -inf before the first.
+        self.last_arrival = -math.inf
+
+    @property
+    def is_serving(self) -> bool:
+        """Readiness: true between ready and the start of the stop."""
+        return self.state is State.RUNNING
+
+    @property
+    def is_live(self) -> bool:
+        """True from the start of the start to the end of the stop."""
+        return self.state in (State.STARTING, State.RUNNING, State.STOPPING)
+
+    def arrived(self) -> None:
+        """Say that a request, call, connection or message arrived (on the request path: cheap).
+
+        Health and readiness probes are not traffic: servers do not report them.
+        """
+        self.arrivals += 1
+        self.last_arrival = time.monotonic()
