@@ -29,9 +29,9 @@ from quiesce.control import FORCE_GRACE, StopControl
 from quiesce.drain import Drain, check_drain, hold
 from quiesce.errors import ConfigError, ServerExitedError
 from quiesce.group import ServerGroup
-from quiesce.hooks import Hook, run_hooks
+from quiesce.hooks import Hook, Hooks
 from quiesce.lifecycle import Lifecycle, LifecycleEvent
-from quiesce.phases import Deadline, Outcome, PhaseRecord, State
+from quiesce.phases import Deadline, Outcome, State
 from quiesce.phases import Sequence as Steps
 from quiesce.process import run_and_exit
 from quiesce.registration import Registration
@@ -139,18 +139,12 @@ class App:
         #: The run's report, filled in as the run goes; final once :attr:`stopped` is set.
         self.report = Report(app=name, id=self.id)
 
-        self._hooks: dict[str, list[Hook]] = {
-            "before_start": [],
-            "after_start": [],
-            "before_stop": [],
-            "after_stop": [],
-        }
+        self._hooks = Hooks()
         self._resources = ResourceStack()
         self._tracker = TaskTracker()
         self._jobs: list[PeriodicJob] = []
         self._registration = Registration(None, timeout=registry_timeout, required=True)
         self._group = ServerGroup()
-        self._ran: set[str] = set()  # hook groups and steps that have begun
         self._control = StopControl(lambda: self.state, self._set_reason)
         self._crashed = False
         self._owns_process = False
@@ -210,9 +204,7 @@ class App:
         return self._add_hook("after_stop", fn)
 
     def _add_hook(self, group: str, fn: H) -> H:
-        if not callable(fn):
-            raise ConfigError(f"@app.{group}: {fn!r} is not a function")
-        self._hooks[group].append(fn)
+        self._hooks.add(group, fn)
         return fn
 
     # -- tracked work ----------------------------------------------------------
@@ -387,7 +379,7 @@ class App:
             return
 
         # before_start hooks; a failing one fails the start.
-        if not (await self._hooks_step(seq, "before_start", deadline.remaining())).ok:
+        if not (await self._hooks.step(seq, "before_start", deadline.remaining())).ok:
             return
 
         # Servers: each as soon as what it depends on is ready; ready means bound.
@@ -410,7 +402,7 @@ class App:
         self._group.watch(self._server_exited)
 
         # after_start hooks; a failing one fails the start (the stop follows).
-        await self._hooks_step(seq, "after_start", deadline.remaining())
+        await self._hooks.step(seq, "after_start", deadline.remaining())
 
     async def _stop(self, seq: Steps) -> None:
         budget = StopBudget(
@@ -428,7 +420,7 @@ class App:
             await self._group.drain(rec)
 
         # before_stop hooks (go-zero's wrap-up listeners), paired with after_start.
-        await self._hooks_step(seq, "before_stop", budget.serving(), paired_with="after_start")
+        await self._hooks.step(seq, "before_stop", budget.serving())
 
         # Deregister, so clients stop picking this instance.
         if self._registration.began:
@@ -456,23 +448,13 @@ class App:
             await self._tracker.stop(rec, budget=wait, cancel_grace=grace)
 
         # after_stop hooks, paired with before_start; half the reserve stays for resources.
-        await self._hooks_step(seq, "after_stop", budget.after_stop(), paired_with="before_start")
+        await self._hooks.step(seq, "after_stop", budget.after_stop())
 
         # Resources, last in first out; the step's backstop still ends by the deadline.
         async with seq.step("resources", budget.resources()) as rec:
             await self._resources.close(rec, budget.resources())
 
     # -- stop helpers ----------------------------------------------------------
-
-    async def _hooks_step(
-        self, seq: Steps, group: str, budget: float, *, paired_with: str | None = None
-    ) -> PhaseRecord:
-        if paired_with is not None and paired_with not in self._ran:
-            return seq.skip(group, f"{paired_with} never ran")
-        self._ran.add(group)
-        async with seq.step(group, budget) as rec:
-            await run_hooks(self._hooks[group], rec, timeout=self.hook_timeout, budget=budget)
-        return rec
 
     async def _stop_or_force(self, seq: Steps) -> None:
         overran = f"the stop overran stop_timeout={self.stop_timeout:g}s"
@@ -541,6 +523,7 @@ class App:
         )
         self._registration.resolve(self.name)
         self._group = ServerGroup(self.servers)
+        self._hooks.timeout = self.hook_timeout
         for server in self.servers:
             if isinstance(server, Attachable):
                 server.attach(self.lifecycle)

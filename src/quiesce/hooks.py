@@ -1,7 +1,9 @@
 """Lifecycle hooks: sync or async callables, each bounded, each error kept.
 
 Sync callables run in a daemon thread so that a hung one is abandoned at its
-timeout instead of blocking the event loop or the interpreter's exit.
+timeout instead of blocking the event loop or the interpreter's exit. The
+stop's hooks run only when their pair of the start did: ``before_stop`` after
+``after_start``, ``after_stop`` after ``before_start``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from quiesce.phases import Deadline, PhaseRecord
+from quiesce.errors import ConfigError
+from quiesce.phases import Deadline, PhaseRecord, Sequence
 
-__all__ = ["Hook", "call", "callable_name", "run_hooks"]
+__all__ = ["Hook", "Hooks", "call", "callable_name", "run_hooks"]
 
 T = TypeVar("T")
 Hook = Callable[[], Any]
@@ -82,3 +85,40 @@ async def run_hooks(
             record.timed_out(f"hook {name} (timeout {budget:.3g}s)")
         except Exception as exc:
             record.error(f"hook {name}", exc)
+
+
+#: Each stop hook group and the start hook group it pairs with.
+PAIRED = {"before_stop": "after_start", "after_stop": "before_start"}
+
+
+class Hooks:
+    """An app's four hook groups, run as steps of its sequences, each hook within ``timeout``."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[Hook]] = {
+            group: [] for group in ("before_start", "after_start", "before_stop", "after_stop")
+        }
+        #: Each hook's own timeout (the app's ``hook_timeout``).
+        self.timeout = 10.0
+        self._ran: set[str] = set()
+
+    def add(self, group: str, fn: Hook) -> None:
+        """Add ``fn`` to ``group``.
+
+        Raises:
+            ConfigError: ``fn`` is not callable.
+
+        """
+        if not callable(fn):
+            raise ConfigError(f"@app.{group}: {fn!r} is not a function")
+        self.groups[group].append(fn)
+
+    async def step(self, seq: Sequence, group: str, budget: float) -> PhaseRecord:
+        """Run ``group`` as a step of ``seq`` within ``budget``; skipped when its pair never ran."""
+        paired_with = PAIRED.get(group)
+        if paired_with is not None and paired_with not in self._ran:
+            return seq.skip(group, f"{paired_with} never ran")
+        self._ran.add(group)
+        async with seq.step(group, budget) as rec:
+            await run_hooks(self.groups[group], rec, timeout=self.timeout, budget=budget)
+        return rec
