@@ -13,7 +13,7 @@ PY313 := $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(
 VENV313 ?= .venv313
 SERVER_TESTS := tests/servers tests/scenarios/test_http_signals.py tests/scenarios/test_http_load.py tests/scenarios/test_grpc_signals.py \
 	tests/scenarios/test_grpc_module_level.py tests/scenarios/test_lifecycle_watchdog.py \
-	tests/scenarios/test_log_stall.py tests/test_logqueue.py
+	tests/scenarios/test_log_stall.py tests/test_logqueue.py tests/test_drain.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
