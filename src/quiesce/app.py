@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
@@ -39,6 +40,7 @@ from quiesce.registry import Instance, Registry
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource, ResourceStack
 from quiesce.servers.contract import Attachable, Server, bound_loop, check_servers
+from quiesce.signals import task_dump
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 from quiesce.watchdog import Watchdog, last_report
 
@@ -295,6 +297,8 @@ class App:
         self._check_not_started("serve")
         loop = asyncio.get_running_loop()
         self._tracker.bind(loop)
+        self.lifecycle.tracked_tasks = self._tracker.running
+        self.lifecycle.dump_tasks = lambda: task_dump(loop)
         watchdog = Watchdog(self._last_report, self.report_file) if self._owns_process else None
         self._control.bind(watchdog)
         try:
@@ -339,14 +343,20 @@ class App:
 
     async def _lifecycle(self) -> None:
         report = self.report
+        observers = self.lifecycle.observers
         self._set_state(State.STARTING)
-        start = self._steps = Steps("start")
+        observers.sequence_began("start")
+        start = self._steps = Steps("start", observers)
         report.start = start.records
         # A start blocked in a synchronous call cannot see its own timeout, nor a signal.
         overran = f"the start overran start_timeout={self.start_timeout:g}s"
         with self._control.bounded(self.start_timeout, ExitCode.FAILED, overran):
             await self._control.run_start(self._start(start), grace=self.cancel_grace)
         failure = start.failure()  # the first failed step's one line, as it recorded it
+        serving = self.state is State.RUNNING
+        observers.sequence_ended(
+            "start", "failed" if failure else "clean" if serving else "aborted"
+        )
         if failure is not None:
             report.error = failure
             report.reason = report.reason or "start failed"
@@ -359,7 +369,8 @@ class App:
             )
             await self._control.wait()
 
-        stop = self._steps = Steps("stop")
+        observers.sequence_began("stop")
+        stop = self._steps = Steps("stop", observers)
         report.stop = stop.records
         report.stop_began = stop.began
         await self._stop_or_force(stop)
@@ -368,6 +379,10 @@ class App:
             report.exit_code = ExitCode.FAILED
         elif report.incomplete():
             report.exit_code = ExitCode.INCOMPLETE
+        observers.sequence_ended("stop", _OUTCOMES[report.exit_code])
+        # Last, with what is left of the stop budget: a trace exporter sends the stop's spans.
+        left = stop.began + self.stop_timeout - time.monotonic()
+        report.observers_cut = await observers.flush(left)
 
     async def _start(self, seq: Steps) -> None:
         deadline = Deadline(self.start_timeout)
@@ -392,6 +407,7 @@ class App:
         async with seq.step("register", deadline.remaining()) as rec:
             if self._registration.registry is not None:
                 await self._registration.register(rec, self.info, deadline.remaining())
+                self.lifecycle.registered = True
         if not rec.ok:
             return
 
@@ -426,6 +442,7 @@ class App:
         if self._registration.began:
             async with seq.step("deregister", min(self.registry_timeout, budget.serving())) as rec:
                 await self._registration.deregister(rec)
+                self.lifecycle.registered = False
         else:
             seq.skip("deregister", "not registered")
 
@@ -522,7 +539,8 @@ class App:
             self.registry, timeout=self.registry_timeout, required=self.registry_required
         )
         self._registration.resolve(self.name)
-        self._group = ServerGroup(self.servers)
+        self._group = ServerGroup(self.servers, self.lifecycle.observers)
+        self.lifecycle.in_flight = self._group.in_flight
         self._hooks.timeout = self.hook_timeout
         for server in self.servers:
             if isinstance(server, Attachable):
@@ -533,6 +551,7 @@ class App:
         if order.index(state) < order.index(self.state):
             raise RuntimeError(f"lifecycle cannot go from {self.state.value} to {state.value}")
         self.lifecycle.state = state
+        self.lifecycle.observers.state_changed(state)
 
     def _check_not_started(self, what: str) -> None:
         if self.state is not State.CREATED:
@@ -540,6 +559,15 @@ class App:
 
 
 # -- module helpers -------------------------------------------------------------
+
+
+#: How an exit code names the stop for observers (``quiesce_stops_total{outcome}``).
+_OUTCOMES = {
+    ExitCode.OK: "clean",
+    ExitCode.FAILED: "failed",
+    ExitCode.CONFIG: "config",
+    ExitCode.INCOMPLETE: "incomplete",
+}
 
 
 def _listed(items: Iterable[T]) -> list[T]:

@@ -17,6 +17,7 @@ from typing import Any
 from quiesce import ordering
 from quiesce.budget import StopBudget
 from quiesce.errors import StartError, describe
+from quiesce.observe import Observer
 from quiesce.phases import PhaseRecord
 from quiesce.servers.contract import CountsInFlight, ExitsOnItsOwn, Server, own_stop_timeout
 
@@ -26,8 +27,9 @@ __all__ = ["ServerGroup"]
 class ServerGroup:
     """Start, drain, stop and watch a set of :class:`~quiesce.Server` objects as one."""
 
-    def __init__(self, servers: Sequence[Server] = ()) -> None:
+    def __init__(self, servers: Sequence[Server] = (), observer: Observer | None = None) -> None:
         self.servers = list(servers)
+        self.observer = observer or Observer()
         #: Servers whose start has begun and whose stop has not: what a stop must stop.
         self.started: list[Server] = []
         self._watchers: list[asyncio.Task[None]] = []
@@ -35,6 +37,10 @@ class ServerGroup:
     def graph(self) -> dict[str, list[str]]:
         """Each server's name with the names it depends on."""
         return ordering.graph_of(self.servers)
+
+    def in_flight(self) -> dict[str, int]:
+        """Work in flight now, by started server (those that can tell)."""
+        return {s.name: s.in_flight for s in self.started if isinstance(s, CountsInFlight)}
 
     def endpoints(self) -> tuple[str, ...]:
         """The endpoints of the started servers, in start order."""
@@ -92,8 +98,12 @@ class ServerGroup:
         async def stop_server(name: str) -> None:
             server = started[name]
             timeout, hard = budget.server(own_stop_timeout(server))
-            load = f" ({server.in_flight} in flight)" if isinstance(server, CountsInFlight) else ""
-            rec.waited_for.append(f"server {name}{load}")
+            load = server.in_flight if isinstance(server, CountsInFlight) else None
+            rec.waited_for.append(
+                f"server {name}" + ("" if load is None else f" ({load} in flight)")
+            )
+            self.observer.server_stop_began(name, load)
+            cut: Sequence[str] | None = None
             try:
                 async with asyncio.timeout(hard):
                     cut = await server.stop(timeout)
@@ -110,6 +120,8 @@ class ServerGroup:
             else:
                 for item in cut or ():
                     rec.timed_out(f"server {name}: {item}")
+            left = server.in_flight if isinstance(server, CountsInFlight) else None
+            self.observer.server_stop_ended(name, left, list(cut or ()))
             self.started.remove(server)
 
         await ordering.walk(ordering.reverse(graph), stop_server)

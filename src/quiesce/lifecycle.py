@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
+from quiesce.observe import Observers
 from quiesce.phases import State
 
 __all__ = ["Lifecycle", "LifecycleEvent"]
@@ -33,7 +35,19 @@ class Lifecycle:
     :class:`~quiesce.State`; only the app moves it.
     """
 
-    __slots__ = ("app", "arrivals", "last_arrival", "ready", "state", "stopping")
+    __slots__ = (
+        "app",
+        "arrivals",
+        "dump_tasks",
+        "in_flight",
+        "last_arrival",
+        "observers",
+        "ready",
+        "registered",
+        "state",
+        "stopping",
+        "tracked_tasks",
+    )
 
     def __init__(self, app: str = "") -> None:
         #: The app's name, for messages ("in use by App 'orders'").
@@ -45,6 +59,16 @@ class Lifecycle:
         self.arrivals = 0
         #: ``time.monotonic()`` of the last arrival; -inf before the first.
         self.last_arrival = -math.inf
+        #: Whether the instance is in the registry now (registered and not yet withdrawn).
+        self.registered = False
+        #: What watches the run (metrics, traces); add yours with ``observers.add()``.
+        self.observers = Observers()
+        #: Requests, calls or messages in flight now, by server (those that can tell).
+        self.in_flight: Callable[[], dict[str, int]] = dict
+        #: How many tracked tasks and guards are running now.
+        self.tracked_tasks: Callable[[], int] = lambda: 0
+        #: Every task of the loop with its await chain (what SIGUSR1 prints).
+        self.dump_tasks: Callable[[], str] = str
 
     @property
     def is_serving(self) -> bool:

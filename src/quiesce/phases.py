@@ -15,11 +15,19 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from quiesce.errors import QuiesceError, StartError, describe
 
-__all__ = ["STEP_BACKSTOP", "Deadline", "Outcome", "PhaseRecord", "Sequence", "State"]
+__all__ = [
+    "STEP_BACKSTOP",
+    "Deadline",
+    "Outcome",
+    "PhaseRecord",
+    "Sequence",
+    "State",
+    "StepObserver",
+]
 
 logger = logging.getLogger("quiesce.lifecycle")
 
@@ -158,11 +166,24 @@ class Deadline:
         return max(0.0, self.at - reserve - time.monotonic())
 
 
-class Sequence:
-    """The recorded steps of one start or stop sequence."""
+class StepObserver(Protocol):
+    """What watches the steps as they run (metrics, traces): see :mod:`quiesce.observe`."""
 
-    def __init__(self, kind: str) -> None:
+    def step_began(self, kind: str, step: str) -> None:
+        """Step ``step`` of the ``kind`` sequence ("start" or "stop") begins."""
+        ...
+
+    def step_ended(self, kind: str, record: PhaseRecord) -> None:
+        """A step ended (or was skipped); ``record`` is final."""
+        ...
+
+
+class Sequence:
+    """The recorded steps of one start or stop sequence, each told to ``observer``."""
+
+    def __init__(self, kind: str, observer: StepObserver | None = None) -> None:
         self.kind = kind
+        self.observer = observer
         self.began = time.monotonic()
         self.records: list[PhaseRecord] = []
         #: The step running now, if any: what a last-resort report says it was waiting for.
@@ -181,6 +202,8 @@ class Sequence:
         began = time.monotonic()
         record = PhaseRecord(name, offset=began - self.began)
         self.active = record
+        if self.observer is not None:
+            self.observer.step_began(self.kind, name)
         try:
             async with asyncio.timeout(None if budget is None else budget + STEP_BACKSTOP):
                 yield record
@@ -214,7 +237,9 @@ class Sequence:
         return record
 
     def log(self, record: PhaseRecord) -> None:
-        """Write the step's single structured log line."""
+        """Write the step's single structured log line; tell the observer it ended."""
+        if self.observer is not None:
+            self.observer.step_ended(self.kind, record)
         extra = f" note={record.note!r}" if record.note else ""
         if record.waited_for:
             extra += f" waited={len(record.waited_for)}"

@@ -43,6 +43,8 @@ class Report:
     stop_began: float | None = None
     #: Log records dropped because the log stream did not keep up (see :mod:`quiesce.logqueue`).
     log_records_dropped: int = 0
+    #: Observers (a trace exporter) whose final flush was cut: what they buffered is lost.
+    observers_cut: list[str] = field(default_factory=list)
 
     def step(self, name: str, *, of: str = "stop") -> PhaseRecord:
         """The record of step ``name`` of the stop (``of="start"``: of the start).
@@ -85,6 +87,7 @@ class Report:
             "stop": [r.as_dict() for r in self.stop],
             "stop_began": self.stop_began,
             "log_records_dropped": self.log_records_dropped,
+            "observers_cut": list(self.observers_cut),
         }
 
     def to_json(self) -> str:
@@ -122,6 +125,7 @@ class Report:
             lines.append(f"  error: {self.error}")
         if self.log_records_dropped:
             lines.append(f"  log: {self.log_records_dropped} records dropped (the stream stalled)")
+        lines.extend(f"  telemetry: {line}" for line in self.observers_cut)
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:
                 timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"

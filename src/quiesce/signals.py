@@ -136,11 +136,16 @@ def _ignore_late(signum: int, frame: FrameType | None) -> None:
     """A stop signal after the run: the process is already leaving with the report's code."""
 
 
-def dump_tasks(loop: asyncio.AbstractEventLoop) -> str:
-    """Log every task of ``loop`` with its await chain (Go's SIGQUIT dump, without dying)."""
+def task_dump(loop: asyncio.AbstractEventLoop) -> str:
+    """Every task of ``loop`` with its await chain, as text (call it in the loop's thread)."""
     tasks = sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name())
     lines = [f"task dump: {len(tasks)} tasks (pid {os.getpid()})"]
     lines.extend("  " + describe_task(task) for task in tasks)
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def dump_tasks(loop: asyncio.AbstractEventLoop) -> str:
+    """Log :func:`task_dump` (Go's SIGQUIT dump, without dying); returns it."""
+    text = task_dump(loop)
     logger.warning("%s", text)
     return text

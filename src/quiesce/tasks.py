@@ -233,6 +233,12 @@ class TaskTracker:
 
     # -- the stop ------------------------------------------------------------
 
+    def running(self) -> int:
+        """How many tracked tasks and guards are running (cheap: no stacks are formatted)."""
+        self._sweep()
+        with self._lock:
+            return len(self._tasks) + len(self._guards)
+
     def pending(self) -> list[str]:
         """Names of the tracked work that is still running."""
         self._sweep()
