@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
-from quiesce import config, logqueue
+from quiesce import config, logqueue, tracing
 from quiesce.budget import StopBudget
 from quiesce.control import FORCE_GRACE, StopControl
 from quiesce.drain import Drain, check_drain, hold
@@ -310,6 +310,7 @@ class App:
             logger.error("bad configuration: %s", exc)
             self._set_state(State.STOPPED)
             return await self._finish()
+        tracing.attach(self.lifecycle)
         scope = self._control.signals(self.signals, until_exit=self._owns_process)
         logs = None
         if self.log_queue and not self._owns_process and logqueue.current() is None:
