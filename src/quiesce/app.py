@@ -39,7 +39,13 @@ from quiesce.registration import Registration
 from quiesce.registry import Instance, Registry
 from quiesce.report import ExitCode, Report
 from quiesce.resources import Resource, ResourceStack
-from quiesce.servers.contract import Attachable, Server, bound_loop, check_servers
+from quiesce.servers.contract import (
+    Attachable,
+    Server,
+    bound_loop,
+    check_servers,
+    own_stop_timeout,
+)
 from quiesce.signals import task_dump
 from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 from quiesce.watchdog import Watchdog, last_report
@@ -79,14 +85,21 @@ class App:
         registry_timeout: bound on each registry call at start and at stop.
         registry_required: when registration fails at start, fail the start (True), or
             serve anyway and keep registering in the background (False).
+        grace_period: the platform's kill deadline after its stop signal (Kubernetes'
+            ``terminationGracePeriodSeconds``, 30 s by default): a stop that could
+            take longer gets a warning with the numbers at the start.
         report_file: also write the report there, as JSON.
         log_queue: write log records from a thread, through a bounded queue, so that a
             stalled log stream cannot block the loop (see :mod:`quiesce.logqueue`).
             None: :meth:`run` does it for the handlers it sets up; True: over the
             root logger's handlers, in :meth:`serve` too; False: never.
 
+    An unknown or misspelt option is a bad configuration like any other:
+    :meth:`serve` and :meth:`run` end with exit code 2 and one line.
+
     """
 
+    @config.lenient
     def __init__(
         self,
         *,
@@ -106,6 +119,7 @@ class App:
         cancel_grace: float = 0.5,
         registry_timeout: float = 5.0,
         registry_required: bool = True,
+        grace_period: float = config.KUBERNETES_GRACE,
         report_file: str | os.PathLike[str] | None = None,
         log_queue: bool | None = None,
     ) -> None:
@@ -127,6 +141,7 @@ class App:
         self.cancel_grace = cancel_grace
         self.registry_timeout = registry_timeout
         self.registry_required = registry_required
+        self.grace_period = grace_period
         self.report_file = report_file
         self.log_queue = log_queue
 
@@ -152,6 +167,8 @@ class App:
         self._owns_process = False
         self._steps: Steps | None = None  # the sequence running now, for the watchdog
         self._report_file_checked = False  # a report_file that failed its check is not written
+        self._given: frozenset[str] = frozenset()  # the options passed (config.lenient)
+        self._call_errors: list[str] = []  # what was wrong with the call (config.lenient)
 
     @property
     def state(self) -> State:
@@ -327,7 +344,7 @@ class App:
         if (logs := logqueue.current()) is not None:
             self.report.log_records_dropped = logs.dropped
         if show:
-            logger.info("%s", self.report.to_text())
+            await _show(self.report.to_text())
         if self.report_file is not None and self._report_file_checked:
             try:
                 await asyncio.to_thread(self.report.write, self.report_file)
@@ -335,6 +352,17 @@ class App:
                 logger.error("cannot write the report to %s: %s", self.report_file, exc)
         self.stopped.set()
         return self.report
+
+    def check(self) -> str:
+        """Check every option and server as the start would, without starting anything.
+
+        Returns the stop budget, part by part, against ``grace_period`` (one line).
+
+        Raises:
+            ConfigError: the first bad option (what the run would exit 2 with).
+
+        """
+        return self._validate()
 
     def stop(self, reason: str = "stop() called") -> None:
         """Begin the stop; safe from any thread and idempotent."""
@@ -509,7 +537,8 @@ class App:
 
     # -- configuration ---------------------------------------------------------
 
-    def _validate(self) -> None:
+    def _validate(self) -> str:
+        config.check_call(self._call_errors)
         # First: once it is known to be writable, every other bad option still gets a report.
         config.check_report_file(self.report_file)
         self._report_file_checked = True
@@ -522,6 +551,7 @@ class App:
                 "start_timeout": self.start_timeout,
                 "hook_timeout": self.hook_timeout,
                 "registry_timeout": self.registry_timeout,
+                "grace_period": self.grace_period,
             }
         )
         longest_drain = check_drain(self.drain_delay)
@@ -531,7 +561,10 @@ class App:
         if self.server_stop_timeout is not None:
             config.check_seconds({"server_stop_timeout": self.server_stop_timeout})
         config.check_stop_budget(
-            drain_delay=longest_drain, cleanup_reserve=reserve, stop_timeout=self.stop_timeout
+            drain_delay=longest_drain,
+            cleanup_reserve=reserve,
+            stop_timeout=self.stop_timeout,
+            grace_period=self.grace_period,
         )
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
@@ -546,6 +579,22 @@ class App:
         for server in self.servers:
             if isinstance(server, Attachable):
                 server.attach(self.lifecycle)
+        return self._budget_line(longest_drain)
+
+    def _budget_line(self, drain: float) -> str:
+        rest = self.stop_timeout - drain - self.cleanup_reserve  # a server without its own
+        timeouts = [own_stop_timeout(s) or self.server_stop_timeout or rest for s in self.servers]
+        stop_hooks = len(self._hooks.groups["before_stop"]) + len(self._hooks.groups["after_stop"])
+        parts = {
+            "drain": drain,
+            "server stop": max(timeouts, default=0.0),
+            "hooks": stop_hooks * self.hook_timeout,
+            "cleanup reserve": self.cleanup_reserve,
+        }
+        line = config.stop_budget_line(parts, self.stop_timeout, self.grace_period)
+        if not line.endswith(": fits"):
+            logger.warning("%s", line)
+        return line
 
     def _set_state(self, state: State) -> None:
         order = list(State)
@@ -569,6 +618,19 @@ _OUTCOMES = {
     ExitCode.CONFIG: "config",
     ExitCode.INCOMPLETE: "incomplete",
 }
+
+
+async def _show(text: str) -> None:
+    """Log the report at INFO; with INFO off, write it to stderr anyway: it is how the run ended."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s", text)
+        return
+
+    def write() -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    # Bounded: a stalled stderr must not hold the end of the run.
+    await asyncio.to_thread(logqueue.write_within, 1.0, write, "quiesce report")
 
 
 def _listed(items: Iterable[T]) -> list[T]:

@@ -7,12 +7,15 @@ typo in a deploy.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import logging
 import math
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec
 
 from quiesce import ordering
 from quiesce.errors import ConfigError
@@ -75,8 +78,61 @@ def check_period(seconds: object, fn: object) -> None:
         raise ConfigError(f"every({seconds!r}, {name}): {exc}") from None
 
 
-def check_stop_budget(*, drain_delay: float, cleanup_reserve: float, stop_timeout: float) -> None:
-    """Check that the drain delay fits the stop budget; warn when Kubernetes would cut it.
+P = ParamSpec("P")
+
+
+def lenient(init: Callable[P, None]) -> Callable[P, None]:
+    """Wrap an ``__init__`` so that a bad call is a configuration error at validation, not now.
+
+    ``App(drain_dealy=1)`` (a typo) must end ``app.run()`` with exit code 2 and one
+    line, like any other bad option, instead of a TypeError traceback at import
+    time. Type checkers still see (and check) the strict signature. The
+    instance gets ``_given`` (the options passed) and ``_call_errors`` (why
+    the call was bad), which :func:`check_call` turns into the error.
+    """
+    params = inspect.signature(init).parameters
+    keywords = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    required = [n for n in keywords if params[n].default is inspect.Parameter.empty]
+
+    @functools.wraps(init)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        self, extra = args[0], args[1:]
+        errors = []
+        if extra:
+            errors.append(f"{type(self).__name__}({extra[0]!r}, ...): options are keywords")
+        call = type(self).__name__
+        for name in [k for k in kwargs if k not in keywords]:
+            close = difflib.get_close_matches(name, keywords, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            errors.append(f"{call}({name}={kwargs.pop(name)!r}): unknown option{hint}")
+        errors.extend(f"{call}({n}=...) is required" for n in required if n not in kwargs)
+        kwargs.update({name: None for name in required if name not in kwargs})
+        init(*(self,), **kwargs)  # type: ignore[arg-type]
+        self._given = frozenset(kwargs)  # type: ignore[attr-defined]
+        self._call_errors = errors  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+def check_call(errors: Sequence[str]) -> None:
+    """Raise the first error :func:`lenient` kept.
+
+    Raises:
+        ConfigError: the first bad option of the constructor call.
+
+    """
+    if errors:
+        raise ConfigError(errors[0])
+
+
+def check_stop_budget(
+    *,
+    drain_delay: float,
+    cleanup_reserve: float,
+    stop_timeout: float,
+    grace_period: float = 30.0,
+) -> None:
+    """Check that the drain delay fits the stop budget; warn when the platform would cut it.
 
     Raises:
         ConfigError: the drain delay and the cleanup reserve use up ``stop_timeout``.
@@ -87,13 +143,32 @@ def check_stop_budget(*, drain_delay: float, cleanup_reserve: float, stop_timeou
             f"drain_delay={drain_delay}s does not fit stop_timeout={stop_timeout}s "
             f"with {cleanup_reserve}s kept for after_stop and resources"
         )
-    if stop_timeout > KUBERNETES_GRACE:
+    if stop_timeout > grace_period:
         logger.warning(
-            "stop_timeout=%ss exceeds Kubernetes' default grace period (%ss): "
-            "raise terminationGracePeriodSeconds or the instance may be killed mid-stop",
+            "stop_timeout=%ss exceeds the grace period (%ss, Kubernetes' default "
+            "terminationGracePeriodSeconds is %ss): raise it, or the instance may be killed "
+            "mid-stop",
             stop_timeout,
+            grace_period,
             KUBERNETES_GRACE,
         )
+
+
+def stop_budget_line(parts: Mapping[str, float], stop_timeout: float, grace_period: float) -> str:
+    """What the stop can take at most, part by part, against the platform's grace period.
+
+    ``parts`` are the longest each part can take (the drain, the slowest
+    server stop, the stop hooks, the cleanup reserve); ``stop_timeout`` bounds
+    their sum.
+    """
+    total = sum(parts.values())
+    longest = min(total, stop_timeout)
+    terms = " + ".join(f"{name} {value:g}s" for name, value in parts.items())
+    verdict = "fits" if longest <= grace_period else "does NOT fit"
+    return (
+        f"stop budget: {terms} = {total:g}s, at most stop_timeout={stop_timeout:g}s; "
+        f"grace period {grace_period:g}s: {verdict}"
+    )
 
 
 def check_signals(signals: object) -> None:

@@ -80,15 +80,15 @@ def run_and_exit(
     sys.exit(code)
 
 
-def configure_logging() -> bool:
-    """Log lifecycle lines to stderr at INFO, unless the host configured logging itself.
+def configure_logging(level: int = logging.INFO) -> bool:
+    """Log lifecycle lines to stderr at ``level``, unless the host configured logging itself.
 
     Returns True when it set up the handlers.
     """
     if logging.getLogger().handlers:
         return False
     logging.basicConfig(
-        level=logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

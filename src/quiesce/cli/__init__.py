@@ -8,9 +8,13 @@ servers it does not run.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
+
+from quiesce.errors import ConfigError
 
 __all__ = ["main"]
 
@@ -19,6 +23,25 @@ COMMANDS = {"run": "quiesce.cli.run", "drill": "quiesce.drill.command"}
 
 
 class _Lazy(click.Group):
+    def main(  # type: ignore[override]  # always standalone: it exits
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> NoReturn:
+        """Run; a usage error or a bad option is one line on stderr and exit 2, never more."""
+        try:
+            super().main(args, prog_name, standalone_mode=False, **extra)
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else "quiesce: "
+            click.echo(f"{where}{exc.format_message()}", err=True)
+            sys.exit(2)
+        except ConfigError as exc:
+            click.echo(f"quiesce: {exc}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -26,7 +49,12 @@ class _Lazy(click.Group):
         module = COMMANDS.get(cmd_name)
         if module is None:
             return None
-        command: click.Command = importlib.import_module(module).command
+        try:
+            command: click.Command = importlib.import_module(module).command
+        except ModuleNotFoundError as exc:  # an optional part that is not installed
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            return None
         return command
 
 
