@@ -55,6 +55,8 @@ async def test_failed_tracked_task_is_logged_when_it_fails_and_makes_the_stop_in
     assert tasks.outcome is Outcome.ERROR
     assert tasks.errors == [f"task 'receipt-7' spawned at {site}: ValueError: lost the receipt"]
     assert report.exit_code == ExitCode.INCOMPLETE
+    assert report.tasks_failed == 1
+    assert "  tasks: 1 tracked tasks failed" in report.to_text().splitlines()
 
 
 async def test_failing_periodic_job_makes_the_tasks_phase_an_error() -> None:

@@ -341,6 +341,7 @@ class App:
                 await asyncio.to_thread(logs.close)
 
     async def _finish(self, *, show: bool = False) -> Report:
+        self.report.tasks_failed = self._tracker.failed_total
         if (logs := logqueue.current()) is not None:
             self.report.log_records_dropped = logs.dropped
         if show:

@@ -43,6 +43,8 @@ class Report:
     stop_began: float | None = None
     #: Log records dropped because the log stream did not keep up (see :mod:`quiesce.logqueue`).
     log_records_dropped: int = 0
+    #: Tracked tasks that raised during the run (each also an error of a step).
+    tasks_failed: int = 0
     #: Observers (a trace exporter) whose final flush was cut: what they buffered is lost.
     observers_cut: list[str] = field(default_factory=list)
 
@@ -88,6 +90,7 @@ class Report:
             "stop_began": self.stop_began,
             "log_records_dropped": self.log_records_dropped,
             "observers_cut": list(self.observers_cut),
+            "tasks_failed": self.tasks_failed,
         }
 
     def to_json(self) -> str:
@@ -125,6 +128,8 @@ class Report:
             lines.append(f"  error: {self.error}")
         if self.log_records_dropped:
             lines.append(f"  log: {self.log_records_dropped} records dropped (the stream stalled)")
+        if self.tasks_failed:
+            lines.append(f"  tasks: {self.tasks_failed} tracked tasks failed")
         lines.extend(f"  telemetry: {line}" for line in self.observers_cut)
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:

@@ -66,6 +66,8 @@ class TaskTracker:
         self._sweep_at = SWEEP_MIN
         self._failures: list[tuple[str, BaseException]] = []
         self._failed = 0
+        #: Tracked tasks that raised, over the whole run (periodic jobs' runs not included).
+        self.failed_total = 0
 
     # -- spawn ---------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class TaskTracker:
             what = f"task {task.get_name() if task else '?'!r} spawned at {where(*entry[0])}"
             logger.error("tracked %s failed: %s", what, describe(exc), exc_info=exc)
             self._failed += 1
+            self.failed_total += 1
             if len(self._failures) < FAILURES_KEPT:
                 self._failures.append((what, exc))
             raise
