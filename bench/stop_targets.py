@@ -162,6 +162,16 @@ def uvicorn_cli(
     os.execv(argv[0], argv)
 
 
+def quiesce_run(port: int) -> None:
+    """Become ``quiesce run`` serving :data:`asgi_app`, access log off, as the uvicorn CLI kind."""
+    argv = [
+        *(sys.executable, "-m", "quiesce", "run", "stop_targets:asgi_app"),
+        *("--app-dir", str(BENCH), "--host", "127.0.0.1", "--port", str(port)),
+        *("--no-access-log", "--log-level", "warning"),
+    ]
+    os.execv(argv[0], argv)
+
+
 def uvicorn_cli_log(port: int, graceful_timeout: str | None = None) -> None:
     """:func:`uvicorn_cli` with the access log on (stdout) at ``--log-level info``."""
     uvicorn_cli(port, graceful_timeout, access_log=True)
@@ -187,7 +197,7 @@ def aiohttp_app(port: int, shutdown_timeout: str | None = None) -> None:
 
 
 #: Kinds that set up logging themselves (``App.run()``, uvicorn's log config): left alone here.
-OWN_LOGGING = {"quiesce-http-log", "uvicorn-cli-log"}
+OWN_LOGGING = {"quiesce-http-log", "uvicorn-cli-log", "quiesce-run"}
 
 KINDS: dict[str, Callable[..., None]] = {
     "quiesce-stream": quiesce_stream,
@@ -197,6 +207,7 @@ KINDS: dict[str, Callable[..., None]] = {
     "quiesce-http+grpc": quiesce_http_grpc,
     "uvicorn-cli": uvicorn_cli,
     "uvicorn-cli-log": uvicorn_cli_log,
+    "quiesce-run": quiesce_run,
     "aiohttp": aiohttp_app,
 }
 
