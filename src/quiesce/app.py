@@ -436,8 +436,8 @@ class App:
         # Register the instance with the real endpoints.
         async with seq.step("register", deadline.remaining()) as rec:
             if self._registration.registry is not None:
-                await self._registration.register(rec, self.info, deadline.remaining())
-                self.lifecycle.registered = True
+                registration = self._registration.register(rec, self.info, deadline.remaining())
+                self.lifecycle.registered = await registration
         if not rec.ok:
             return
 

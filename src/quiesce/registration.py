@@ -69,8 +69,10 @@ class Registration:
         """The registry as the user named it, with any password masked."""
         return redact(self.option) if isinstance(self.option, str) else repr(self.option)
 
-    async def register(self, rec: PhaseRecord, instance: Instance, budget: float) -> None:
+    async def register(self, rec: PhaseRecord, instance: Instance, budget: float) -> bool:
         """Register ``instance`` within ``registry_timeout`` (and ``budget``).
+
+        Returns whether it is registered now (False: it goes on in the background).
 
         Raises:
             StartError: the registry failed or did not answer, and ``required``
@@ -98,6 +100,8 @@ class Registration:
                 cause if isinstance(cause, str) else describe(cause),
             )
             registry.keep_registered(instance)
+            return False
+        return True
 
     async def deregister(self, rec: PhaseRecord) -> None:
         """Withdraw the instance (the caller bounds the call)."""
