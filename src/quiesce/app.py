@@ -18,51 +18,44 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NoReturn
 
 from quiesce import config, logqueue, tracing
 from quiesce.budget import StopBudget
 from quiesce.control import FORCE_GRACE, StopControl
-from quiesce.drain import Drain, check_drain, hold
+from quiesce.drain import Drain, hold
 from quiesce.errors import ConfigError, ServerExitedError
 from quiesce.group import ServerGroup
-from quiesce.hooks import Hook, Hooks
 from quiesce.lifecycle import Lifecycle, LifecycleEvent
+from quiesce.options import check_options
 from quiesce.phases import Deadline, Outcome, State
 from quiesce.phases import Sequence as Steps
 from quiesce.process import run_and_exit
 from quiesce.registration import Registration
 from quiesce.registry import Instance, Registry
 from quiesce.report import ExitCode, Report
-from quiesce.resources import Resource, ResourceStack
-from quiesce.servers.contract import (
-    Attachable,
-    Server,
-    bound_loop,
-    check_servers,
-    own_stop_timeout,
-)
+from quiesce.servers.contract import Attachable, Server, bound_loop
+from quiesce.service import Service, listed
 from quiesce.signals import task_dump
-from quiesce.tasks import Guard, PeriodicJob, TaskTracker
 from quiesce.watchdog import Watchdog, last_report
 
 __all__ = ["App", "AppInfo", "LifecycleEvent"]
 
 logger = logging.getLogger("quiesce.lifecycle")
-T = TypeVar("T")
-H = TypeVar("H", bound=Hook)
 
 #: Who this instance is (Kratos' ``AppInfo``): the same class as :class:`quiesce.Instance`,
 #: so what :attr:`App.info` says is exactly what the registry stores.
 AppInfo = Instance
 
 
-class App:
+class App(Service):
     """A service: its servers, resources, hooks and tracked work, run as one lifecycle.
+
+    What it is made of is declared with the methods of :class:`~quiesce.service.Service`
+    (``add_server``, ``resource``, the hook decorators, ``spawn``, ``guard``, ``every``).
 
     Args:
         name: the service name (registry key, logs, report).
@@ -127,11 +120,9 @@ class App:
         self.version = version
         self.id = id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.metadata = dict(metadata or {})
-        # A value that is not a collection is kept as given: the validation names it (exit 2)
-        # instead of a TypeError here.
-        self.servers: list[Server] = _listed(servers)
+        super().__init__(servers, Lifecycle(name))
         self.registry = registry
-        self.signals: Sequence[int] = _listed(signals)
+        self.signals: Sequence[int] = listed(signals)
         self.drain_delay = drain_delay
         self.stop_timeout = stop_timeout
         self.start_timeout = start_timeout
@@ -145,8 +136,6 @@ class App:
         self.report_file = report_file
         self.log_queue = log_queue
 
-        #: What the servers see of this run: readiness, ``ready``, ``stopping``, arrivals.
-        self.lifecycle = Lifecycle(name)
         #: Set once every server is ready (and the instance registered), before ``after_start``.
         self.ready = self.lifecycle.ready
         #: Set when the stop begins; long-lived handlers wait on it to finish cleanly.
@@ -156,10 +145,6 @@ class App:
         #: The run's report, filled in as the run goes; final once :attr:`stopped` is set.
         self.report = Report(app=name, id=self.id)
 
-        self._hooks = Hooks()
-        self._resources = ResourceStack()
-        self._tracker = TaskTracker()
-        self._jobs: list[PeriodicJob] = []
         self._registration = Registration(None, timeout=registry_timeout, required=True)
         self._group = ServerGroup()
         self._control = StopControl(lambda: self.state, self._set_reason)
@@ -171,108 +156,11 @@ class App:
         self._call_errors: list[str] = []  # what was wrong with the call (config.lenient)
 
     @property
-    def state(self) -> State:
-        """Where the app is in its life; only moves forward."""
-        return self.lifecycle.state
-
-    @property
     def cleanup_reserve(self) -> float:
         """Seconds of the stop budget kept for ``after_stop`` and ``resources``."""
         if self._cleanup_reserve is None:
             return min(5.0, self.stop_timeout / 5)
         return self._cleanup_reserve
-
-    # -- declaring the service -------------------------------------------------
-
-    def add_server(self, server: Server) -> Server:
-        """Add a server before the start; returns it."""
-        self._check_not_started("add_server")
-        self.servers.append(server)
-        return server
-
-    def resource(
-        self, factory: Any, *, name: str | None = None, depends_on: Sequence[str] = ()
-    ) -> Resource[Any]:
-        """Declare a resource entered at start, before the servers, and closed last (LIFO).
-
-        ``factory`` is an async (or sync) context manager, an async generator
-        function, or a callable returning one. Resources are entered in
-        declaration order, after those they ``depends_on``, and closed in
-        reverse after the servers and the ``after_stop`` hooks. Returns a
-        handle whose ``.value`` is what entering produced.
-        """
-        self._check_not_started("resource")
-        res: Resource[Any] = Resource(factory, name=name, depends_on=depends_on)
-        self._resources.add(res)
-        return res
-
-    def before_start(self, fn: H) -> H:
-        """Decorator: run ``fn`` after resources, before servers start; failing fails the start."""
-        return self._add_hook("before_start", fn)
-
-    def after_start(self, fn: H) -> H:
-        """Decorator: run ``fn`` once every server is ready (and registered)."""
-        return self._add_hook("after_start", fn)
-
-    def before_stop(self, fn: H) -> H:
-        """Decorator: run ``fn`` as the stop begins, before deregistration (go-zero's wrap-up)."""
-        return self._add_hook("before_stop", fn)
-
-    def after_stop(self, fn: H) -> H:
-        """Decorator: run ``fn`` after servers and tasks stopped, before resources close."""
-        return self._add_hook("after_stop", fn)
-
-    def _add_hook(self, group: str, fn: H) -> H:
-        self._hooks.add(group, fn)
-        return fn
-
-    # -- tracked work ----------------------------------------------------------
-
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-        """Run ``coro`` as a background task that the stop waits for (the ``tasks`` phase).
-
-        Call it from the app's event loop. At the deadline the task is
-        cancelled and the report names it with its stack and spawn site.
-
-        Raises:
-            StoppedError: the ``tasks`` phase of the stop has ended.
-
-        """
-        caller = sys._getframe(1)  # the spawn site the report names: the user's line
-        return self._tracker.spawn(coro, name, (caller.f_code, caller.f_lineno))
-
-    def guard(self, name: str | None = None) -> Guard:
-        """A critical section the stop waits for: ``async with app.guard():`` (``with`` in threads).
-
-        Raises:
-            StoppedError: on entry, once the ``tasks`` phase of the stop has ended.
-
-        """
-        if name is None:
-            caller = sys._getframe(1)
-            name = f"{caller.f_code.co_filename}:{caller.f_lineno}"
-        return self._tracker.guard(name)
-
-    def every(
-        self, seconds: float, fn: Callable[[], Any], *, name: str | None = None
-    ) -> PeriodicJob:
-        """Run ``fn`` (sync or async) every ``seconds`` once the app is ready.
-
-        At the stop a running iteration finishes (bounded by the stop budget)
-        and no new one starts.
-
-        Raises:
-            ConfigError: ``seconds`` is not a positive number of seconds (at most a
-                day). Declared before the run, the run fails with it (exit code 2);
-                once the app runs, this call raises it.
-
-        """
-        if self.state is not State.CREATED:
-            config.check_period(seconds, fn)
-        caller = sys._getframe(1)  # where the job was declared, for its failures
-        job = self._tracker.every(seconds, fn, name, (caller.f_code, caller.f_lineno))
-        self._jobs.append(job)
-        return job
 
     # -- identity --------------------------------------------------------------
 
@@ -345,7 +233,7 @@ class App:
         if (logs := logqueue.current()) is not None:
             self.report.log_records_dropped = logs.dropped
         if show:
-            await _show(self.report.to_text())
+            await self.report.show()
         if self.report_file is not None and self._report_file_checked:
             try:
                 await asyncio.to_thread(self.report.write, self.report_file)
@@ -409,7 +297,7 @@ class App:
             report.exit_code = ExitCode.FAILED
         elif report.incomplete():
             report.exit_code = ExitCode.INCOMPLETE
-        observers.sequence_ended("stop", _OUTCOMES[report.exit_code])
+        observers.sequence_ended("stop", report.outcome)
         # Last, with what is left of the stop budget: a trace exporter sends the stop's spans.
         left = stop.began + self.stop_timeout - time.monotonic()
         report.observers_cut = await observers.flush(left)
@@ -543,30 +431,8 @@ class App:
         # First: once it is known to be writable, every other bad option still gets a report.
         config.check_report_file(self.report_file)
         self._report_file_checked = True
-        check_servers(self.servers)
-        config.check_signals(self.signals)
-        config.check_identity(self.name, self.version)
-        config.check_seconds(
-            {
-                "stop_timeout": self.stop_timeout,
-                "start_timeout": self.start_timeout,
-                "hook_timeout": self.hook_timeout,
-                "registry_timeout": self.registry_timeout,
-                "grace_period": self.grace_period,
-            }
-        )
-        longest_drain = check_drain(self.drain_delay)
-        reserve = self.cleanup_reserve
-        grace = self.cancel_grace
-        config.check_seconds({"cleanup_reserve": reserve, "cancel_grace": grace}, zero_ok=True)
-        if self.server_stop_timeout is not None:
-            config.check_seconds({"server_stop_timeout": self.server_stop_timeout})
-        config.check_stop_budget(
-            drain_delay=longest_drain,
-            cleanup_reserve=reserve,
-            stop_timeout=self.stop_timeout,
-            grace_period=self.grace_period,
-        )
+        stop_hooks = len(self._hooks.groups["before_stop"]) + len(self._hooks.groups["after_stop"])
+        budget_line = check_options(self, stop_hooks=stop_hooks)
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
         config.check_names(self.servers, self._resources.resources)
@@ -580,22 +446,7 @@ class App:
         for server in self.servers:
             if isinstance(server, Attachable):
                 server.attach(self.lifecycle)
-        return self._budget_line(longest_drain)
-
-    def _budget_line(self, drain: float) -> str:
-        rest = self.stop_timeout - drain - self.cleanup_reserve  # a server without its own
-        timeouts = [own_stop_timeout(s) or self.server_stop_timeout or rest for s in self.servers]
-        stop_hooks = len(self._hooks.groups["before_stop"]) + len(self._hooks.groups["after_stop"])
-        parts = {
-            "drain": drain,
-            "server stop": max(timeouts, default=0.0),
-            "hooks": stop_hooks * self.hook_timeout,
-            "cleanup reserve": self.cleanup_reserve,
-        }
-        line = config.stop_budget_line(parts, self.stop_timeout, self.grace_period)
-        if not line.endswith(": fits"):
-            logger.warning("%s", line)
-        return line
+        return budget_line
 
     def _set_state(self, state: State) -> None:
         order = list(State)
@@ -604,42 +455,8 @@ class App:
         self.lifecycle.state = state
         self.lifecycle.observers.state_changed(state)
 
-    def _check_not_started(self, what: str) -> None:
-        if self.state is not State.CREATED:
-            raise RuntimeError(f"{what}(): the app has already started (state {self.state.value})")
-
 
 # -- module helpers -------------------------------------------------------------
-
-
-#: How an exit code names the stop for observers (``quiesce_stops_total{outcome}``).
-_OUTCOMES = {
-    ExitCode.OK: "clean",
-    ExitCode.FAILED: "failed",
-    ExitCode.CONFIG: "config",
-    ExitCode.INCOMPLETE: "incomplete",
-}
-
-
-async def _show(text: str) -> None:
-    """Log the report at INFO; with INFO off, write it to stderr anyway: it is how the run ended."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.info("%s", text)
-        return
-
-    def write() -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    # Bounded: a stalled stderr must not hold the end of the run.
-    await asyncio.to_thread(logqueue.write_within, 1.0, write, "quiesce report")
-
-
-def _listed(items: Iterable[T]) -> list[T]:
-    """``items`` as a list, or as given when it is not a collection (validation names it)."""
-    given: object = items
-    if isinstance(given, Iterable) and not isinstance(given, str | bytes):
-        return list(items)
-    return cast(list[T], given)
 
 
 def _since(seq: Steps) -> float:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from quiesce.logqueue import write_within
 from quiesce.phases import Outcome, PhaseRecord
 
 __all__ = ["ExitCode", "Report"]
+
+logger = logging.getLogger("quiesce.lifecycle")
 
 
 class ExitCode:
@@ -23,6 +29,15 @@ class ExitCode:
     CONFIG = 2
     #: The stop was incomplete: a timeout, the deadline or a second signal cut something.
     INCOMPLETE = 3
+
+
+#: How an exit code says how the run ended (the report's verdict, ``quiesce_stops_total``).
+_OUTCOMES = {
+    ExitCode.OK: "clean",
+    ExitCode.FAILED: "failed",
+    ExitCode.CONFIG: "config",
+    ExitCode.INCOMPLETE: "incomplete",
+}
 
 
 @dataclass
@@ -73,6 +88,28 @@ class Report:
         last = self.stop[-1]
         return last.offset + last.duration
 
+    @property
+    def outcome(self) -> str:
+        """How the run ended, in a word: ``clean``, ``failed``, ``config`` or ``incomplete``."""
+        return _OUTCOMES.get(self.exit_code, "?")
+
+    async def show(self) -> None:
+        """Log the report at INFO on ``quiesce.lifecycle``; with INFO off, write it to stderr.
+
+        It is how the run ended: it reaches the terminal even when the host's
+        logging is at WARNING. The write is bounded (1 s): a stalled stderr
+        never holds the end of the run.
+        """
+        text = self.to_text()
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s", text)
+            return
+
+        def write() -> None:
+            print(text, file=sys.stderr, flush=True)
+
+        await asyncio.to_thread(write_within, 1.0, write, "quiesce report")
+
     def incomplete(self) -> bool:
         """True when some stop step did not end ``ok`` (or ``skipped``)."""
         return any(r.outcome not in (Outcome.OK, Outcome.SKIPPED) for r in self.stop)
@@ -111,12 +148,7 @@ class Report:
 
     def to_text(self) -> str:
         """The report for humans: a line per step, then what each waited for and cut."""
-        verdict = {
-            ExitCode.OK: "clean",
-            ExitCode.FAILED: "failed",
-            ExitCode.CONFIG: "bad configuration",
-            ExitCode.INCOMPLETE: "incomplete",
-        }.get(self.exit_code, "?")
+        verdict = "bad configuration" if self.exit_code == ExitCode.CONFIG else self.outcome
         lines = [
             f"quiesce report: {self.app} ({self.id}) exit {self.exit_code} ({verdict})"
             + (f", stop after {self.reason}" if self.reason else "")
