@@ -440,6 +440,8 @@ class App(Service):
             self.registry, timeout=self.registry_timeout, required=self.registry_required
         )
         self._registration.resolve(self.name)
+        self.lifecycle.registry = self._registration.registry
+        self.lifecycle.find_server = {s.name: s for s in self.servers}.get
         self._group = ServerGroup(self.servers, self.lifecycle.observers)
         self.lifecycle.in_flight = self._group.in_flight
         self._hooks.timeout = self.hook_timeout

@@ -39,11 +39,13 @@ class Lifecycle:
         "app",
         "arrivals",
         "dump_tasks",
+        "find_server",
         "in_flight",
         "last_arrival",
         "observers",
         "ready",
         "registered",
+        "registry",
         "state",
         "stopping",
         "tracked_tasks",
@@ -69,6 +71,10 @@ class Lifecycle:
         self.tracked_tasks: Callable[[], int] = lambda: 0
         #: Every task of the loop with its await chain (what SIGUSR1 prints).
         self.dump_tasks: Callable[[], str] = str
+        #: Another server of the same app by name (a gateway finds its upstream), or None.
+        self.find_server: Callable[[str], object | None] = lambda name: None
+        #: The app's registry (a :class:`~quiesce.Registry`, usually a Discovery too), or None.
+        self.registry: object | None = None
 
     @property
     def is_serving(self) -> bool:
