@@ -10,6 +10,7 @@ import pytest
 import quiesce
 
 EXPECTED = [
+    "AdminServer",
     "App",
     "AppInfo",
     "BaseServer",

@@ -29,12 +29,14 @@ from quiesce.servers import BaseServer, Server
 from quiesce.tasks import Guard, PeriodicJob
 
 if TYPE_CHECKING:
+    from quiesce.servers.admin import AdminServer
     from quiesce.servers.asgi import HTTPServer
     from quiesce.servers.grpc import GRPCServer
 
-# Adapters import their framework (uvicorn, grpc): loaded on first use, so that
-# `import quiesce` stays light and works without the optional extras.
+# Adapters import their framework (uvicorn, grpc, prometheus_client): loaded on first
+# use, so that `import quiesce` stays light and works without the optional extras.
 _LAZY = {
+    "AdminServer": "quiesce.servers.admin",
     "HTTPServer": "quiesce.servers.asgi",
     "GRPCServer": "quiesce.servers.grpc",
 }
@@ -52,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AdminServer",
     "App",
     "AppInfo",
     "BaseServer",

@@ -3,6 +3,8 @@
 A server starts as soon as the servers it depends on are ready, and stops
 once its dependents have stopped; independent servers do both concurrently,
 with no barrier per level (go-zero's ServiceGroup waits for a whole phase).
+A :class:`~quiesce.servers.contract.StopsLast` server (the admin server)
+stops after all the others, whatever ``depends_on`` says.
 Each stop is bounded by the server's own timeout and by what is left of the
 app's stop budget; what a server cut, or failed to stop, lands in the step's
 record.
@@ -19,7 +21,13 @@ from quiesce.budget import StopBudget
 from quiesce.errors import StartError, describe
 from quiesce.observe import Observer
 from quiesce.phases import PhaseRecord
-from quiesce.servers.contract import CountsInFlight, ExitsOnItsOwn, Server, own_stop_timeout
+from quiesce.servers.contract import (
+    CountsInFlight,
+    ExitsOnItsOwn,
+    Server,
+    StopsLast,
+    own_stop_timeout,
+)
 
 __all__ = ["ServerGroup"]
 
@@ -124,7 +132,8 @@ class ServerGroup:
             self.observer.server_stop_ended(name, left, list(cut or ()))
             self.started.remove(server)
 
-        await ordering.walk(ordering.reverse(graph), stop_server)
+        last = {n for n, s in started.items() if isinstance(s, StopsLast) and s.stops_last}
+        await ordering.walk(_last_after_the_rest(ordering.reverse(graph), last), stop_server)
 
     async def stop_at_once(self, rec: PhaseRecord) -> None:
         """Stop every started server with no grace (a forced end); each is named as cut."""
@@ -146,6 +155,19 @@ class ServerGroup:
         """Stop watching: from here on, servers stop because they are told to."""
         for watcher in self._watchers:
             watcher.cancel()
+
+
+def _last_after_the_rest(stop_graph: dict[str, list[str]], last: set[str]) -> dict[str, list[str]]:
+    """The stop graph with each of ``last`` waiting for every other server.
+
+    Only the edges within each set are kept: a server that stops last and
+    depends on another would otherwise be waited for by it (a cycle).
+    """
+    rest = [n for n in stop_graph if n not in last]
+    return {
+        n: [d for d in deps if (d in last) == (n in last)] + (rest if n in last else [])
+        for n, deps in stop_graph.items()
+    }
 
 
 async def _watch(

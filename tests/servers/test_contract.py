@@ -18,6 +18,7 @@ import pytest
 
 import quiesce
 from quiesce import App, BaseServer, ExitCode, Lifecycle, Server, StartError, State
+from quiesce.servers.admin import AdminServer
 from quiesce.servers.asgi import HTTPServer
 from quiesce.servers.contract import (
     Attachable,
@@ -26,6 +27,7 @@ from quiesce.servers.contract import (
     ExitsOnItsOwn,
     LoopBound,
     OwnStopTimeout,
+    StopsLast,
 )
 from quiesce.servers.grpc import GRPCServer
 from quiesce.servers.listening import ListeningServer
@@ -56,11 +58,16 @@ _timeout: OwnStopTimeout = StreamServer(echo)
 _exits: ExitsOnItsOwn = GRPCServer(grpc_factory)
 _load: CountsInFlight = HTTPServer(asgi)
 _bound: LoopBound = GRPCServer(grpc_factory)
+_admin: Server = AdminServer()
+_admin_attach: Attachable = AdminServer()
+_admin_load: CountsInFlight = AdminServer()
+_last: StopsLast = AdminServer()
 
 ADAPTERS: dict[str, Callable[..., ListeningServer]] = {
     "http": lambda **kw: HTTPServer(asgi, **kw),
     "grpc": lambda **kw: GRPCServer(grpc_factory, **kw),
     "tcp": lambda **kw: StreamServer(echo, **kw),
+    "admin": lambda **kw: AdminServer(**kw),
 }
 
 
@@ -72,6 +79,7 @@ def test_every_adapter_implements_the_contract_and_its_optional_parts(kind: str)
     assert isinstance(server, Checkable)
     assert isinstance(server, Attachable)
     assert isinstance(server, OwnStopTimeout)
+    assert isinstance(server, StopsLast) is (kind == "admin")
     # One place set the common options up, the same way for every kind.
     assert (server.name, tuple(server.depends_on), server.stop_timeout) == ("s", ("db",), 2.5)
     assert server.lifecycle is None

@@ -28,6 +28,7 @@ __all__ = [
     "LoopBound",
     "OwnStopTimeout",
     "Server",
+    "StopsLast",
     "bound_loop",
     "check_servers",
     "own_stop_timeout",
@@ -43,7 +44,8 @@ class Server(Protocol):
     defaults to none. :class:`BaseServer` is the same with the optional parts
     filled in. The optional parts, each used when present:
     :class:`OwnStopTimeout`, :class:`Checkable`, :class:`Attachable`,
-    :class:`ExitsOnItsOwn`, :class:`CountsInFlight`, :class:`LoopBound`.
+    :class:`ExitsOnItsOwn`, :class:`CountsInFlight`, :class:`LoopBound`,
+    :class:`StopsLast`.
     """
 
     #: Unique within the app; used by ``depends_on``, logs and the report.
@@ -130,6 +132,19 @@ class LoopBound(Protocol):
     def bound_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop it must run on, or None when any loop will do."""
         ...
+
+
+@runtime_checkable
+class StopsLast(Protocol):
+    """A server that stops after every other server of the app, whatever ``depends_on`` says.
+
+    An admin server: its metrics and task dump answer through the drain and
+    while the other servers stop. Several such servers stop after all the
+    others, among themselves in reverse ``depends_on`` order.
+    """
+
+    #: True to stop last; False stops by ``depends_on`` like any other server.
+    stops_last: bool
 
 
 class BaseServer:
