@@ -1,0 +1,218 @@
+"""``quiesce drill``: the command line of the drill (options, their checks, the exit code).
+
+Only click is imported here: the load, the service and the registry are
+imported when the drill runs, so that ``--help`` is quick and a missing
+optional dependency is one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+__all__ = ["command"]
+
+logger = logging.getLogger("quiesce.drill")
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in new click only
+    """A finite number of seconds, above 0 (or at least 0 with ``zero=True``)."""
+
+    name = "seconds"
+
+    def __init__(self, *, zero: bool = False) -> None:
+        self.zero = zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero):
+            bound = "0 or more" if self.zero else "above 0"
+            self.fail(f"{value!r}: must be a finite number of seconds, {bound}", param, ctx)
+        return seconds
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit (``sys.exit``: it holds in and out of standalone mode)."""
+    click.echo(f"quiesce drill: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("target", required=False)
+@click.option(
+    "--command",
+    metavar="CMD",
+    help="Drill this command instead of a TARGET: it must listen on {port}; {report}, "
+    "{registry} and {name} are also replaced. Split like a shell, run without one.",
+)
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Concurrent keep-alive clients, each sending one request after another.",
+)
+@click.option(
+    "--duration",
+    type=_Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds of load (with --instances: at least until the restart is over).",
+)
+@click.option(
+    "--signal-at",
+    type=_Seconds(),
+    default=3.0,
+    show_default=True,
+    help="Seconds into the load when SIGTERM is sent (the rolling restart begins).",
+)
+@click.option("--path", default="/", show_default=True, help="The path the load GETs.")
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run this many instances on a registry and restart each in turn.",
+)
+@click.option(
+    "--registry",
+    metavar="URL",
+    help="The registry for --instances (default: a private file registry).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Model clients that retry a refused or broken request this many times.",
+)
+@click.option(
+    "--notice-delay",
+    type=_Seconds(zero=True),
+    default=1.0,
+    show_default=True,
+    help="With --instances: seconds clients take to notice an instance left or "
+    "joined, as behind a load balancer (0: as fast as the registry's watch).",
+)
+@click.option(
+    "--ready-timeout",
+    type=_Seconds(),
+    default=30.0,
+    show_default=True,
+    help="Seconds an instance may take to become ready.",
+)
+@click.option(
+    "--exit-timeout",
+    type=_Seconds(),
+    default=60.0,
+    show_default=True,
+    help="Seconds an instance may take to exit after SIGTERM; then it is killed.",
+)
+@click.option(
+    "--request-timeout",
+    type=_Seconds(),
+    default=10.0,
+    show_default=True,
+    help="Seconds one request may take.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the verdict as JSON on stdout (the text goes to stderr).",
+)
+@click.option(
+    "--html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the verdict as one self-contained HTML page with the chart.",
+)
+def command(target: str | None, as_json: bool, html: Path | None, **options: Any) -> None:
+    """Prove that a service stops without losing a request.
+
+    Starts TARGET (module:attr or file.py:attr, served by `quiesce run`) or
+    --command on a loopback port, waits until it is ready (GET /readyz answers
+    200; a command: GET PATH answers), sends it loopback load, SIGTERMs it at
+    --signal-at and keeps the load on. The verdict counts requests sent before,
+    during (until the service exited) and after the stop, failed by kind:
+    HTTP status, refused, reset, timeout.
+
+    Exit 0 only if no request sent before the signal failed (with --instances:
+    no request at all) and every stop was clean (exit 0, and the service's own
+    stop report says so); 1 otherwise; 2 for bad options.
+    """
+    _check(target, html, options)
+    try:
+        from quiesce.drill.scenario import DrillOptions, run_drill
+        from quiesce.drill.service import DrillError
+        from quiesce.errors import ConfigError
+    except ImportError as exc:
+        _fail(f"needs httpx: pip install 'quiesce[drill]' ({exc})")
+    drill = DrillOptions(target=target, **options)
+    try:
+        verdict = asyncio.run(run_drill(drill, sys.stderr))
+    except ConfigError as exc:
+        _fail(str(exc))
+    except DrillError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:
+        logger.debug("the drill failed", exc_info=True)
+        _fail(f"the drill itself failed: {exc!r}", 1)
+    data = verdict.as_dict()
+    if as_json:
+        click.echo(verdict.to_text(), err=True)
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(verdict.to_text())
+    if html is not None:
+        from quiesce.drill.html import render
+
+        try:
+            _write_private(html, render(data))
+        except OSError as exc:
+            _fail(f"--html {html}: cannot write it: {exc.strerror or exc}", 1)
+    sys.exit(verdict.exit_code)
+
+
+def _check(target: str | None, html: Path | None, o: dict[str, Any]) -> None:
+    """The checks between options, each failing with one line and exit 2."""
+    if (target is None) == (o["command"] is None):
+        _fail("give either a TARGET (module:attr or file.py:attr) or --command, not both")
+    if o["command"] is not None and "{port}" not in o["command"]:
+        _fail(f"--command {o['command']!r}: must contain {{port}}, the port to listen on")
+    if o["signal_at"] >= o["duration"]:
+        _fail(
+            f"--signal-at {o['signal_at']:g} must come before the end of --duration "
+            f"{o['duration']:g}"
+        )
+    if not o["path"].startswith("/"):
+        _fail(f"--path {o['path']!r}: must be a path starting with /")
+    if o["registry"] is not None:
+        if o["instances"] < 2:
+            _fail("--registry is for --instances 2 or more")
+        from quiesce.errors import ConfigError
+        from quiesce.registry import from_url
+
+        try:
+            from_url(o["registry"])
+        except ConfigError as exc:
+            _fail(f"--registry: {exc}")
+    if html is not None and not html.parent.is_dir():
+        _fail(f"--html {html}: {html.parent} is not a directory")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, owner-only when created; a symlink is refused (ELOOP)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
