@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,8 +16,7 @@ from quiesce.cli import main
 
 from .proc import Quiesce, Start
 
-#: What the in-process tests import from their tmp_path (removed from sys.modules around each).
-MODULES = ("svc", "boom")
+HERE = Path(__file__).resolve().parent
 
 #: The in-process target: an ASGI app, factories, and things that are neither.
 SVC = '''
@@ -54,12 +54,17 @@ own = App(
     start_timeout=7.0,
     hook_timeout=2.0,
     grace_period=40.0,
-    registry="etcd://127.0.0.1:2379",
+    registry="etcd://127.0.0.1:2380",
     report_file="own.json",
     servers=[HTTPServer(asgi, host="127.0.0.2", port=8123)],
 )
 two = App(name="two", servers=[HTTPServer(asgi, name="a"), HTTPServer(asgi, name="b", port=8001)])
 typo = App(name="typo", drain_dealy=1, servers=[HTTPServer(asgi)])
+
+
+@own.before_stop
+async def flush():
+    pass
 '''
 
 
@@ -79,7 +84,9 @@ class Cli:
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
         result = CliRunner().invoke(main, ["run", *args], env=env)
         # Only an exit: any other exception escaped the CLI (a traceback for a user).
-        assert isinstance(result.exception, SystemExit), result.exc_info
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            result.exc_info
+        )
         return result
 
 
@@ -90,11 +97,18 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     for name in [n for n in os.environ if n.startswith("QUIESCE_")]:
         monkeypatch.delenv(name)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI puts --app-dir first
-    for name in MODULES:
-        sys.modules.pop(name, None)
+    before = set(sys.modules)
     yield Cli(tmp_path)
-    for name in MODULES:
-        sys.modules.pop(name, None)
+    # The targets it imported: the next test's svc.py is another file of the same name.
+    # All judged before any is removed: a namespace package's path is read through its parent.
+    ours = [name for name in set(sys.modules) - before if _from(sys.modules[name], tmp_path)]
+    for name in ours:
+        del sys.modules[name]
+
+
+def _from(module: ModuleType, folder: Path) -> bool:
+    files = [getattr(module, "__file__", None) or "", *getattr(module, "__path__", [])]
+    return any(str(f).startswith((str(folder), str(HERE))) for f in files)
 
 
 @pytest.fixture
