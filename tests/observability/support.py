@@ -10,10 +10,13 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
+import httpx
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from quiesce import App, Report
+from quiesce import App, HTTPServer, Report
 from quiesce.observe import Observer
 from quiesce.phases import PhaseRecord
 
@@ -33,9 +36,21 @@ class Held:
         await self.release.wait()
         return PlainTextResponse("done")
 
-    async def until_entered(self) -> None:
+    def server(self, *, stop_timeout: float | None = None) -> HTTPServer:
+        """An HTTP server on a free port whose ``/held`` is this route."""
+        api = Starlette(routes=[Route("/held", self.route)])
+        return HTTPServer(api, port=0, stop_timeout=stop_timeout, access_log=False)
+
+    async def stop_with_one_in_flight(
+        self, app: App, server: HTTPServer, client: httpx.AsyncClient
+    ) -> asyncio.Task[httpx.Response]:
+        """Once ``app`` is ready, send ``server`` a held request; once it is in, stop ``app``."""
+        await app.ready
+        request = asyncio.create_task(client.get(server.endpoints()[0] + "/held"))
         async with asyncio.timeout(WAIT):
             await self.entered.wait()
+        app.stop()
+        return request
 
 
 class Watch(Observer):

@@ -7,10 +7,8 @@ import logging
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Route
 
-from quiesce import AdminServer, App, ExitCode, HTTPServer
+from quiesce import AdminServer, App, ExitCode
 from quiesce.metrics import CONTENT_TYPE
 
 from .support import Held, Watch, serve_while
@@ -88,7 +86,7 @@ async def test_admin_stops_after_every_other_server_and_answers_during_their_sto
     depends_on: tuple[str, ...],
 ) -> None:
     held = Held()
-    http = HTTPServer(Starlette(routes=[Route("/held", held.route)]), port=0, access_log=False)
+    http = held.server()
     # Listed first, and in one case depending on http: either way it would stop first or
     # together with http if it did not stop last.
     admin = AdminServer(port=0, depends_on=depends_on)
@@ -98,11 +96,8 @@ async def test_admin_stops_after_every_other_server_and_answers_during_their_sto
     during: list[httpx.Response] = []
 
     async def drive() -> None:
-        await app.ready
         async with httpx.AsyncClient() as client:
-            request = asyncio.create_task(client.get(http.endpoints()[0] + "/held"))
-            await held.until_entered()
-            app.stop()
+            request = await held.stop_with_one_in_flight(app, http, client)
             await watch.until("server_stop_began http")
             during.append(await client.get(admin.endpoints()[0] + "/metrics"))
             during.append(await client.get(admin.endpoints()[0] + "/readyz"))
@@ -127,7 +122,7 @@ async def test_admin_stops_after_every_other_server_and_answers_during_their_sto
 
 
 async def test_admin_requests_are_not_arrivals_for_the_drain() -> None:
-    http = HTTPServer(Starlette(routes=[Route("/", Held().route)]), port=0, access_log=False)
+    http = Held().server()
     admin = AdminServer(port=0)
     app = App(name="svc", servers=[http, admin])
     arrivals: list[int] = []
