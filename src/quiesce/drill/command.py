@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -155,12 +156,27 @@ def command(target: str | None, as_json: bool, html: Path | None, **options: Any
     try:
         from quiesce.drill.scenario import DrillOptions, run_drill
         from quiesce.drill.service import DrillError
+        from quiesce.drill.verdict import Verdict
         from quiesce.errors import ConfigError
     except ImportError as exc:
         _fail(f"needs httpx: pip install 'quiesce[drill]' ({exc})")
     drill = DrillOptions(target=target, **options)
+    if not logging.getLogger().handlers:
+        # The discovery client's warnings (an instance ejected) belong with the progress.
+        logging.basicConfig(level=logging.WARNING, format="quiesce drill: %(name)s: %(message)s")
+
+    async def main() -> Verdict:
+        # SIGTERM (a CI job cancelled) ends the drill as Ctrl+C does: through its
+        # cleanup, which kills every service it started (they run in sessions of their own).
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run_drill(drill, sys.stderr)
+
     try:
-        verdict = asyncio.run(run_drill(drill, sys.stderr))
+        verdict = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _fail("interrupted; every service it started was stopped", 130)
     except ConfigError as exc:
         _fail(str(exc))
     except DrillError as exc:

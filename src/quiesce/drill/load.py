@@ -202,13 +202,14 @@ class Load:
 
 
 def _describe(exc: BaseException) -> str:
-    """``ReadError: ...``, with the cause when httpx's own message is empty."""
+    """``ReadError: ...``; when httpx's message is empty, the first cause that says more."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and not str(exc):
-        text += (
-            f" ({type(cause).__name__}: {cause})" if str(cause) else f" ({type(cause).__name__})"
-        )
+    cause, depth = exc.__cause__ or exc.__context__, 0
+    while not str(exc) and cause is not None and depth < 4:
+        if str(cause):
+            text += f" ({type(cause).__name__}: {cause})"
+            break
+        cause, depth = cause.__cause__ or cause.__context__, depth + 1
     return text[:300]
 
 

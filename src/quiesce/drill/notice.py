@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from quiesce.registry import Discovery, Instance, Watch
+from quiesce.rotation import http_endpoint
 
 __all__ = ["DEFAULT_NOTICE_DELAY", "LateDiscovery"]
 
@@ -36,6 +37,27 @@ class LateDiscovery:
     def __init__(self, inner: Discovery, delay: float) -> None:
         self.inner = inner
         self.delay = delay
+        #: The list last passed on to a watcher (which acts on it before anyone else runs).
+        self.delivered: list[Instance] = []
+        self._delivery = asyncio.Condition()
+
+    async def until_delivered(self, port: int) -> None:
+        """Wait until a list with an instance on loopback ``port`` has been passed on.
+
+        Unbounded: the caller bounds it.
+        """
+
+        def listed() -> bool:
+            return any(http_endpoint(i) == ("http", "127.0.0.1", port) for i in self.delivered)
+
+        async with self._delivery:
+            await self._delivery.wait_for(listed)
+
+    async def _deliver(self, instances: list[Instance]) -> list[Instance]:
+        async with self._delivery:
+            self.delivered = instances
+            self._delivery.notify_all()
+        return instances
 
     def __repr__(self) -> str:
         return f"LateDiscovery({self.inner!r}, delay={self.delay:g})"
@@ -71,7 +93,7 @@ class LateDiscovery:
         try:
             if not await _before_end(first, follower):
                 return
-            yield first.result()
+            yield await self._deliver(first.result())
             while True:
                 getter = asyncio.ensure_future(changes.get())
                 try:
@@ -81,7 +103,7 @@ class LateDiscovery:
                     getter.cancel()
                 due, instances = getter.result()
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-                yield instances
+                yield await self._deliver(instances)
         finally:
             follower.cancel()
             await asyncio.wait({follower})

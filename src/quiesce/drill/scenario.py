@@ -201,9 +201,10 @@ class _Drill:
         self.registry = registry = from_url(url)
         current = await self._start_all([f"i{n}" for n in range(o.instances)])
         await self._listed(registry, name, o.instances)
+        late = LateDiscovery(registry, o.notice_delay)
         client = AsyncClient(
             service=name,
-            registry=LateDiscovery(registry, o.notice_delay),
+            registry=late,
             retries=o.retries,
             timeout=o.request_timeout,
             limits=httpx.Limits(max_connections=o.clients * 2, max_keepalive_connections=o.clients),
@@ -222,6 +223,9 @@ class _Drill:
                 await self._exit(old)
             try:
                 current[n] = await self._start(f"i{n}.1")
+                # The next stop waits until the clients can send to the replacement, as a
+                # rollout waits for the new pod: else the drill, not the service, drops them.
+                await self._noticed(late, current[n])
             except (DrillError, ConfigError) as exc:
                 self.problems.append(f"the rolling restart stopped: {exc}")
                 break
@@ -254,6 +258,19 @@ class _Drill:
                 f"the registry did not list {count} instances of {name!r} within {timeout:g}s "
                 "(--ready-timeout): do the instances register under the name they are given?"
             ) from None
+
+    async def _noticed(self, late: LateDiscovery, service: Service) -> None:
+        self.phase = f"{service.label}: ready, waiting for the clients to notice it"
+        timeout = self.options.ready_timeout + self.options.notice_delay
+        try:
+            async with asyncio.timeout(timeout):
+                await late.until_delivered(service.port)
+        except TimeoutError:
+            raise DrillError(
+                f"{service.label}: the clients did not see it in the registry within "
+                f"{timeout:g}s (--ready-timeout + --notice-delay)"
+            ) from None
+        self.phase = f"{service.label}: serving"
 
     async def _retire(self, service: Service) -> None:
         if service.ended.done():
