@@ -104,17 +104,20 @@ class Observers(Observer):
         if not self.observers:
             return []
 
+        failed: list[str] = []
+
         async def one(observer: Observer) -> None:
             try:
                 await observer.flush(timeout)
-            except Exception as exc:
+            except Exception as exc:  # what it buffered is lost as surely as when cut
                 self._failed_once(observer, exc)
+                failed.append(f"observer {observer!r}: flush failed: {exc!r}")
 
         tasks = {asyncio.ensure_future(one(o)): o for o in self.observers}
         _, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.001))
         for task in pending:
             task.cancel()
         cut = [f"observer {tasks[task]!r}: flush cut at {timeout:.3g}s" for task in pending]
-        for line in cut:
+        for line in cut:  # a failed one was logged as it failed
             logger.warning("%s (what it buffered is lost)", line)
-        return cut
+        return cut + failed

@@ -184,7 +184,10 @@ async def test_a_failing_observer_never_changes_the_run_nor_the_metrics() -> Non
     report = await app.serve()
     assert report.exit_code == ExitCode.OK
     assert not report.incomplete()
-    assert report.observers_cut == []
+    # What a flush that raised may have held is lost, and the report says so.
+    assert report.observers_cut == [
+        f"observer {failing!r}: flush failed: RuntimeError('observer bug')"
+    ]
     assert failing.calls > 10  # it was called all along, and raised each time
     assert admin.metrics is not None
     value = admin.metrics.registry.get_sample_value

@@ -12,6 +12,7 @@ import asyncio
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ from quiesce.servers.contract import (
     StopsLast,
 )
 from quiesce.servers.grpc import GRPCServer
-from quiesce.servers.listening import ListeningServer
+from quiesce.servers.listening import ListeningServer, advertised_host
 from quiesce.servers.stream import StreamServer
 
 SRC = Path(quiesce.__file__).parent
@@ -197,3 +198,22 @@ async def test_a_server_is_attached_to_one_live_app_at_a_time() -> None:
     again.stop()
     assert (await again.serve()).exit_code == ExitCode.OK
     assert ticker.lifecycle is again.lifecycle
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_a_wildcard_bind_is_advertised_as_this_machines_address(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the host name resolves to is the machine's business: a fake of that lookup
+    # (pure logic; nothing is bound or sent).
+    def resolve(host: str, port: object, family: int = 0, *args: object) -> list[Any]:
+        addresses = ["127.0.1.1", "10.1.2.3"] if family == socket.AF_INET else ["::1", "fd00::7"]
+        return [(family, socket.SOCK_STREAM, 6, "", (a, 0)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    server = ADAPTERS[kind](host="0.0.0.0", port=8123)
+    assert server.endpoints()[0].endswith("://10.1.2.3:8123")
+    assert server.address == "0.0.0.0:8123"  # it still binds every interface
+    assert ADAPTERS[kind](host="::", port=1).endpoints()[0].endswith("://[fd00::7]:1")
+    assert ADAPTERS[kind](host="127.0.0.2", port=1).endpoints()[0].endswith("://127.0.0.2:1")
+    assert advertised_host("localhost") == "localhost"

@@ -24,6 +24,7 @@ from quiesce.cli.options import OPTIONS, by_name
 from quiesce.cli.sources import OptionError, Setting, config_file, gather
 from quiesce.cli.target import TargetError, is_asgi, load
 from quiesce.process import configure_logging
+from quiesce.registry import redact
 
 __all__ = ["command", "effective"]
 
@@ -127,6 +128,10 @@ def build(made: object, spec: str, source: str, settings: Mapping[str, Setting])
         what = type(made).__name__
         raise TargetError(f"TARGET ({source}): {spec!r} is a {what}, neither an App nor ASGI app")
     _apply_grpc(app, settings)
+    if (admin := settings.get("admin_port")) is not None:
+        from quiesce.servers.admin import AdminServer  # prometheus-client only when asked
+
+        app.add_server(AdminServer(port=admin.value))
     if app.log_queue is None:
         app.log_queue = True  # the CLI set the handlers up: keep a stalled stream off the loop
     return app
@@ -182,22 +187,44 @@ def effective(settings: Mapping[str, Setting], app: App, *, built: bool) -> dict
     """Every option's effective value and its source, for ``--print-config``.
 
     ``built``: the App was made here around an ASGI target (its name is the
-    module's, by default).
+    module's, by default). A registry URL's password is masked.
     """
     out: dict[str, Setting] = {}
+    own = {} if built else _servers_own(app)
     for option in OPTIONS:
         if option.action or option.name == "config":
             continue
         setting = settings.get(option.name)
         if setting is not None:
             out[option.name] = setting
+        elif option.name in own:
+            out[option.name] = Setting(own[option.name], "app")
         elif option.app is not None:
             given = option.app in app._given and not (built and option.name == "name")
             source = "app" if given else "default"
             out[option.name] = Setting(getattr(app, option.app), source)
         else:
             out[option.name] = Setting(option.default, "default")
+    registry = out["registry"]
+    if isinstance(registry.value, str):
+        out["registry"] = Setting(redact(registry.value), registry.source)
     return out
+
+
+def _servers_own(app: App) -> dict[str, object]:
+    """What an App target's own HTTP and gRPC servers say of the server options."""
+    from quiesce.servers.asgi import HTTPServer
+    from quiesce.servers.grpc import GRPCServer
+
+    own: dict[str, object] = {}
+    http = [s for s in app.servers if isinstance(s, HTTPServer)]
+    if len(http) == 1:
+        own["host"], own["port"] = http[0].host, http[0].port
+        own["access_log"] = http[0].uvicorn_options.get("access_log", True)
+    grpc = [s for s in app.servers if isinstance(s, GRPCServer)]
+    if len(grpc) == 1:
+        own["grpc_port"] = grpc[0].port
+    return own
 
 
 def _by_user(setting: Setting) -> bool:
@@ -214,8 +241,9 @@ def _text(value: object) -> str | None:
 
 
 def _module_name(spec: str) -> str:
-    module = spec.rpartition(":")[0]
-    return os.path.splitext(os.path.basename(module))[0].rpartition(".")[2] or "app"
+    """``pkg.sub.mod:app`` and ``pkg/sub/mod.py:app`` are both ``mod``."""
+    module = os.path.basename(spec.rpartition(":")[0]).removesuffix(".py")
+    return module.rpartition(".")[2] or "app"
 
 
 def _servers(app: App) -> list[str]:

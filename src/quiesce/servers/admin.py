@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from quiesce.lifecycle import Lifecycle
 from quiesce.metrics import CONTENT_TYPE, Metrics
@@ -46,6 +45,8 @@ class AdminServer(HTTPServer):
 
     #: Stop after every other server: metrics answer until the others have stopped.
     stops_last = True
+    #: A scrape is not traffic (as a readiness probe is not): it never holds a drain open.
+    counts_arrivals = False
 
     def __init__(
         self,
@@ -97,7 +98,7 @@ class AdminServer(HTTPServer):
             ConfigError: another App is running this server.
 
         """
-        super().attach(_Unheard(lifecycle))
+        super().attach(lifecycle)
         self.metrics = Metrics(lifecycle)
         lifecycle.observers.add(self.metrics)
 
@@ -133,27 +134,6 @@ class AdminServer(HTTPServer):
 
 
 _NOT_ATTACHED: Answer = (503, b"not serving an App\n", _TEXT)
-
-
-class _Unheard(Lifecycle):
-    """The app's lifecycle, as the admin server's HTTP layer sees it: all of it but arrivals.
-
-    A scrape is not traffic, as a readiness probe is not: counted as an arrival
-    it would hold an adaptive drain open for as long as a scraper keeps asking.
-    """
-
-    __slots__ = ("_of",)
-
-    def __init__(self, of: Lifecycle) -> None:
-        # Lifecycle.__init__ is not called: none of its slots is set here, so reading
-        # one falls through to __getattr__, which reads the app's lifecycle (live).
-        self._of = of
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._of, name)
-
-    def arrived(self) -> None:
-        """Not traffic: nothing is counted."""
 
 
 def _is_loopback(host: str) -> bool:

@@ -78,6 +78,10 @@ class HTTPServer(ListeningServer):
         StartError: the port cannot be bound, or the ASGI lifespan startup failed.
     """
 
+    #: Whether its requests and connections are traffic for an adaptive drain (an admin
+    #: server's scrapes are not, as readiness probes are not).
+    counts_arrivals = True
+
     def __init__(
         self,
         asgi_app: ASGIApp,
@@ -101,6 +105,7 @@ class HTTPServer(ListeningServer):
         self._gate = _Gate(asgi_app, health_path, ready_path)
         self._uvicorn_config: uvicorn.Config | None = None
         self._server: uvicorn.Server | None = None
+        self._stopping: uvicorn.Server | None = None
         self._connections = ConnectionSet()
         self._ticker: asyncio.Task[None] | None = None
         self._exited = asyncio.Event()
@@ -143,6 +148,7 @@ class HTTPServer(ListeningServer):
         if self._server is not None:
             raise ConfigError(f"{self.where} is in use: one App at a time")
         self._gate.lifecycle = lifecycle
+        self._gate.arrived = lifecycle.arrived if self.counts_arrivals else None
 
     def _config(self) -> uvicorn.Config:
         # Built once a run: check() builds it to catch typos, and building it configures
@@ -156,8 +162,7 @@ class HTTPServer(ListeningServer):
     async def start(self) -> None:
         """Bind, run the ASGI lifespan startup, and serve; return once accepting."""
         # A server that served an App before starts afresh (uvicorn's pieces are per run).
-        lifecycle = self.lifecycle
-        self._connections = ConnectionSet(lifecycle.arrived if lifecycle is not None else None)
+        self._connections = ConnectionSet(self._gate.arrived)
         self._exited = asyncio.Event()
         self._lifespan_errors = []
         self._gate.reset()
@@ -207,6 +212,13 @@ class HTTPServer(ListeningServer):
         server, self._server = self._server, None
         if server is None:
             return []
+        self._stopping = server  # what in_flight counts until the stop is over
+        try:
+            return await self._stop(server, timeout)
+        finally:
+            self._stopping = None
+
+    async def _stop(self, server: uvicorn.Server, timeout: float) -> list[str]:
         if self._ticker is not None:
             self._ticker.cancel()
         began = time.monotonic()
@@ -254,8 +266,9 @@ class HTTPServer(ListeningServer):
 
     @property
     def in_flight(self) -> int:
-        """Requests (and WebSockets) being handled right now."""
-        return len(self._server.server_state.tasks) if self._server is not None else 0
+        """Requests (and WebSockets) being handled right now, during the stop too."""
+        server = self._server or self._stopping
+        return len(server.server_state.tasks) if server is not None else 0
 
     # -- internals -------------------------------------------------------------
 
@@ -319,6 +332,7 @@ class _Gate:
 
     __slots__ = (
         "app",
+        "arrived",
         "cutting",
         "draining",
         "health_path",
@@ -332,6 +346,8 @@ class _Gate:
         self.health_path = health_path
         self.ready_path = ready_path
         self.lifecycle: Lifecycle | None = None
+        #: The lifecycle's ``arrived`` while it counts this server's traffic, else None.
+        self.arrived: Callable[[], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -350,8 +366,8 @@ class _Gate:
                 return await self._probe(send, ready=False)
             if self.draining:
                 send = _closing(send)
-        if (lifecycle := self.lifecycle) is not None and scope["type"] != "lifespan":
-            lifecycle.arrived()
+        if (arrived := self.arrived) is not None and scope["type"] != "lifespan":
+            arrived()
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:

@@ -8,14 +8,40 @@ already in use``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Sequence
 
 from quiesce.config import check_seconds
 from quiesce.errors import ConfigError, StartError
 from quiesce.servers.contract import BaseServer
 
-__all__ = ["ListeningServer", "check_listen"]
+__all__ = ["ListeningServer", "advertised_host", "check_listen"]
+
+#: Addresses that mean "every interface": a bind address, never one to reach a server on.
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def advertised_host(host: str) -> str:
+    """The address others reach a server bound to ``host`` on (what the registry gets).
+
+    ``host`` itself, except for a wildcard bind (``0.0.0.0``, ``::``): then this
+    machine's first non-loopback address of that family, found from its host
+    name as Kratos' ``host.Extract`` finds one (no packet is sent), else ``host``.
+    """
+    if host not in WILDCARDS:
+        return host
+    family = socket.AF_INET6 if host == "::" else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)
+    except OSError:
+        return host
+    for *_, sockaddr in found:
+        address = str(sockaddr[0])
+        if not ipaddress.ip_address(address.partition("%")[0]).is_loopback:
+            return address
+    return host
 
 
 def check_listen(name: str, host: object, port: object, stop_timeout: object) -> None:
@@ -80,8 +106,14 @@ class ListeningServer(BaseServer):
         check_listen(self.name, self.host, self.port, self.stop_timeout)
 
     def endpoints(self) -> list[str]:
-        """``<scheme>://host:port``, with the real port once bound."""
-        return [f"{self.scheme}://{self.address}"]
+        """``<scheme>://host:port``, with the real port once bound.
+
+        A wildcard host (``0.0.0.0``, ``::``) is given as this machine's address
+        (:func:`advertised_host`): clients cannot connect to the wildcard.
+        """
+        host = advertised_host(self.host)
+        shown = f"[{host}]" if ":" in host else host
+        return [f"{self.scheme}://{shown}:{self.port}"]
 
     def cannot_listen(self, cause: OSError | str) -> StartError:
         """The start error for an address that cannot be bound (``cause``: why)."""
