@@ -19,7 +19,7 @@ from .proc import Quiesce, Start
 HERE = Path(__file__).resolve().parent
 
 #: The in-process target: an ASGI app, factories, and things that are neither.
-SVC = '''
+SVC = """
 from quiesce import App
 from quiesce.servers.asgi import HTTPServer
 
@@ -56,7 +56,7 @@ own = App(
     grace_period=40.0,
     registry="etcd://127.0.0.1:2380",
     report_file="own.json",
-    servers=[HTTPServer(asgi, host="127.0.0.2", port=8123)],
+    servers=[HTTPServer(asgi, host="127.0.0.3", port=8124)],
 )
 two = App(name="two", servers=[HTTPServer(asgi, name="a"), HTTPServer(asgi, name="b", port=8001)])
 typo = App(name="typo", drain_dealy=1, servers=[HTTPServer(asgi)])
@@ -65,7 +65,7 @@ typo = App(name="typo", drain_dealy=1, servers=[HTTPServer(asgi)])
 @own.before_stop
 async def flush():
     pass
-'''
+"""
 
 
 class Cli:
@@ -82,11 +82,9 @@ class Cli:
         return path
 
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        result = CliRunner().invoke(main, ["run", *args], env=env)
+        result = CliRunner().invoke(main, ["run", *args], env=env, prog_name="quiesce")
         # Only an exit: any other exception escaped the CLI (a traceback for a user).
-        assert result.exception is None or isinstance(result.exception, SystemExit), (
-            result.exc_info
-        )
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
         return result
 
 

@@ -51,7 +51,9 @@ class Quiesce:
         head = [str(CONSOLE)] if console else [sys.executable, "-m", "quiesce"]
         argv = command if command is not None else [*head, "run", *args]
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=environment(env), stdout=out, stderr=err)
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=environment(env), stdout=out, stderr=err
+            )
 
     def until_ready(self, port: int) -> None:
         """Until ``/readyz`` on ``port`` answers 200; fails at once if the process exits."""

@@ -49,7 +49,9 @@ def served(
     assert "Traceback" not in proc.stderr + proc.stdout
     # The stop report on the terminal, not only in the file.
     assert "exit 0 (clean), stop after signal SIGTERM" in proc.stderr, proc
-    assert any(" stop_servers " in line and line.endswith(" ok") for line in proc.stderr.splitlines())
+    assert any(
+        " stop_servers " in line and line.endswith(" ok") for line in proc.stderr.splitlines()
+    )
     if access_log is not None:
         logged = [line for line in proc.stderr.splitlines() if "uvicorn.access" in line]
         assert any(ACCESS in line for line in logged) is access_log, proc
@@ -119,9 +121,25 @@ def test_run_stop_report_reaches_stderr_when_the_target_turns_logging_to_warning
     quiesce: Start, tmp_path: Path, how: str
 ) -> None:
     env = {"CLI_TEST_LOGGING": how}
-    proc = served(quiesce, tmp_path / "r.json", ["cli.quiet:app"], b"quiet", access_log=None, env=env)
+    proc = served(
+        quiesce, tmp_path / "r.json", ["cli.quiet:app"], b"quiet", access_log=None, env=env
+    )
     # The target's WARNING level held: the lifecycle's INFO lines are gone, the report is not.
     assert "quiesce.lifecycle: stop phase=" not in proc.stderr, proc
+
+
+def test_run_admin_port_serves_metrics_beside_the_app(quiesce: Start, tmp_path: Path) -> None:
+    port, admin = free_ports(2)
+    report = tmp_path / "report.json"
+    args = ["cli.targets:asgi", "--port", str(port), "--admin-port", str(admin)]
+    proc = quiesce([*args, "--report-json", str(report)])
+    proc.until_ready(port)
+    proc.until_ready(admin)
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics", timeout=5.0)
+    assert metrics.status_code == 200
+    assert 'quiesce_lifecycle_state{state="running"} 1.0' in metrics.text
+    assert proc.terminate() == 0, proc
+    assert stop_outcomes(report)["stop_servers"] == "ok"
 
 
 def test_check_config_validates_without_binding_a_port(quiesce: Start) -> None:

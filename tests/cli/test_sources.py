@@ -183,6 +183,9 @@ OWN = {
     "grace_period": "40.0",
     "registry": "etcd://127.0.0.1:2380",
     "report_json": "own.json",
+    # Its HTTP server's own.
+    "host": "127.0.0.3",
+    "port": "8124",
 }
 
 
@@ -215,7 +218,7 @@ def test_check_config_flags_change_the_app_itself(cli: Cli) -> None:
     result = cli("svc:own", "--check-config", "--port", "9000", "--stop-timeout", "5")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "ok: svc:own would serve http (http://127.0.0.2:9000)",
+        "ok: svc:own would serve http (http://127.0.0.3:9000)",
         "stop budget: drain 1.5s + server stop 2.5s + hooks 2s + cleanup reserve 1s = 7s, "
         "at most stop_timeout=5s; grace period 40s: fits",
     ]
@@ -265,28 +268,12 @@ def test_print_config_asgi_target_is_named_after_its_module(cli: Cli) -> None:
     assert printed(cli, "pkg/mod.py:asgi")["name"] == ("mod", "default")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dotted module's name is cut at its last dot: pkg.sub.mod:asgi is named 'sub' "
-    "(cli.run._module_name runs splitext on the module name), pkg/sub/mod.py:asgi 'mod'",
-)
 def test_print_config_dotted_module_target_is_named_like_its_file(cli: Cli) -> None:
     cli.write("pkg/sub/mod.py", "from svc import asgi\n")
     by_file = printed(cli, "pkg/sub/mod.py:asgi")["name"]
     assert printed(cli, "pkg.sub.mod:asgi")["name"] == by_file == ("mod", "default")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--print-config shows the default host and port for an App target, not its "
-    "server's own (effective() knows only App attributes)",
-)
-def test_print_config_app_target_shows_its_servers_host_and_port_as_app(cli: Cli) -> None:
-    shown = printed(cli, "svc:own")
-    assert (shown["host"], shown["port"]) == (("127.0.0.2", "app"), ("8123", "app"))
-
-
-@pytest.mark.xfail(strict=True, reason="--print-config prints a registry URL's password")
 def test_print_config_masks_the_registry_password(cli: Cli) -> None:
     url = "etcd://alice:s3cret@127.0.0.1:2379"
     assert printed(cli, "svc:asgi", "--registry", url)["registry"] == (
@@ -295,8 +282,9 @@ def test_print_config_masks_the_registry_password(cli: Cli) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="--admin-port is parsed, printed, and then ignored")
 def test_check_config_admin_port_adds_the_admin_server(cli: Cli) -> None:
     result = cli("svc:asgi", "--admin-port", "9191", "--check-config")
     assert result.exit_code == 0, result.output
-    assert "127.0.0.1:9191" in result.stdout.splitlines()[0]
+    assert result.stdout.splitlines()[0] == (
+        "ok: svc:asgi would serve http (http://127.0.0.1:8000), admin (http://127.0.0.1:9191)"
+    )
