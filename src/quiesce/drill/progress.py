@@ -50,16 +50,26 @@ class Progress:
         self._task = asyncio.create_task(self._run(), name="quiesce drill progress")
 
     async def close(self) -> None:
-        """Write the last state and stop (a terminal's line is ended)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
-            began = self._began()
-            elapsed = time.monotonic() - began if began else 0.0
-            self._write(self._line(self._counts()[0] / elapsed if elapsed > 0 else 0.0))
-            if self.tty:
-                self.stream.write("\n")
+        """Write the last state (the average rate) and stop; a terminal's line is ended.
+
+        A drill that never began its load (the service was never ready) leaves no
+        progress behind: its one line of error says it all.
+        """
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.wait({self._task})
+        began = self._began()
+        if not began:
+            if self.tty and self._width:
+                self.stream.write("\r" + " " * self._width + "\r")
                 self.stream.flush()
+            return
+        elapsed = time.monotonic() - began
+        self._write(self._line(self._counts()[0] / elapsed if elapsed > 0 else 0.0))
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
 
     async def _run(self) -> None:
         interval = TTY_INTERVAL if self.tty else LOG_INTERVAL
@@ -67,7 +77,9 @@ class Progress:
         while True:
             await asyncio.sleep(interval)
             done = self._counts()[0]
-            self._write(self._line((done - last) / interval))
+            # In a log, the start is not worth lines: it may still fail in one line.
+            if self.tty or self._began():
+                self._write(self._line((done - last) / interval))
             last = done
 
     def _line(self, rate: float) -> str:

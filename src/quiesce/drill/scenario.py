@@ -153,7 +153,7 @@ class _Drill:
             settings=self.options.settings(),
             samples=self.load.samples,
             examples=self.load.examples,
-            stops=self.stops,
+            stops=[s.stop() for s in self.stops],
             t0=t0,
             span=max([self.load.ended - t0, *exits]),
             problems=self.problems,

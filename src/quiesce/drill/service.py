@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from quiesce.backoff import backoff_delay
+from quiesce.drill.verdict import Stop
 from quiesce.errors import ConfigError, QuiesceError
 from quiesce.registry import Instance, Registry
 
@@ -155,6 +156,20 @@ class Service:
     def _on_exit(self, ended: asyncio.Future[int]) -> None:
         self.exited = time.monotonic()
         self.exit_code = self.proc.returncode
+
+    def stop(self) -> Stop:
+        """What the drill saw of its stop, for the verdict."""
+        return Stop(
+            label=self.label,
+            port=self.port,
+            signalled=self.signalled,
+            exited=self.exited,
+            exit_code=self.exit_code,
+            killed=self.killed,
+            report=self.report,
+            report_note=self.report_note,
+            output=self.last_output(3) if self.exit_code != 0 else (),
+        )
 
     @property
     def endpoint(self) -> str:

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quiesce.drill.load import OK, Sample
-from quiesce.drill.service import Service
 
-__all__ = ["BUCKET", "WINDOWS", "Tally", "Verdict", "judge", "judge_stop"]
+__all__ = ["BUCKET", "WINDOWS", "Stop", "Tally", "Verdict", "judge", "judge_stop"]
 
 #: The windows requests are counted in, in order.
 WINDOWS = ("before", "during", "after")
@@ -82,6 +81,25 @@ def order_kinds(kinds: Iterable[str]) -> list[str]:
     statuses = sorted(k for k in kinds if k.startswith("HTTP "))
     known = [k for k in _KIND_ORDER if k in kinds]
     return statuses + known + sorted(kinds - set(statuses) - set(known))
+
+
+@dataclass(frozen=True)
+class Stop:
+    """What the drill saw of one instance's stop; times are ``time.monotonic()``."""
+
+    label: str
+    port: int
+    #: When the drill sent SIGTERM (None: it exited on its own before).
+    signalled: float | None
+    exited: float | None
+    exit_code: int | None
+    #: It did not exit within the exit timeout and was killed.
+    killed: bool = False
+    #: Its own stop report (None: none; report_note says why).
+    report: dict[str, Any] | None = None
+    report_note: str = ""
+    #: Its last lines of output, when it did not exit 0.
+    output: Sequence[str] = ()
 
 
 @dataclass
@@ -172,23 +190,23 @@ def _describe_stop(stop: dict[str, Any]) -> str:
     return f"{head}; its report: exit {report.get('exit_code')}, stop: {phases}{cut_text}"
 
 
-def judge_stop(service: Service, *, exit_timeout: float, writes_report: bool) -> list[str]:
+def judge_stop(stop: Stop, *, exit_timeout: float, writes_report: bool) -> list[str]:
     """What was wrong with one instance's stop (nothing: a clean stop)."""
-    label, code = service.label, service.exit_code
-    if service.signalled is None:
+    label, code = stop.label, stop.exit_code
+    if stop.signalled is None:
         return [f"{label} exited {_code(code)} on its own, before the drill signalled it"]
     problems = []
-    if service.killed:
+    if stop.killed:
         problems.append(
             f"{label} did not exit within {exit_timeout:g}s of SIGTERM (--exit-timeout): killed"
         )
     elif code != 0:
-        problems.append(f"{label} exited {_code(code)} after SIGTERM{_report_detail(service)}")
-    report = service.report
+        problems.append(f"{label} exited {_code(code)} after SIGTERM{_report_detail(stop)}")
+    report = stop.report
     if report is not None and report.get("exit_code") != 0 and code == 0:
         problems.append(f"{label}: its stop report says exit {report.get('exit_code')}")
     if writes_report and report is None:
-        problems.append(f"{label}: {service.report_note}, so its stop cannot be shown clean")
+        problems.append(f"{label}: {stop.report_note}, so its stop cannot be shown clean")
     return problems
 
 
@@ -204,8 +222,8 @@ def _code(code: int | None) -> str:
     return str(code)
 
 
-def _report_detail(service: Service) -> str:
-    report = service.report
+def _report_detail(stop: Stop) -> str:
+    report = stop.report
     if report is None:
         return ""
     cut = [c for record in report.get("stop", []) for c in record.get("cut", [])]
@@ -214,19 +232,19 @@ def _report_detail(service: Service) -> str:
     return f" ({'; '.join(detail)})" if detail else ""
 
 
-def stop_entry(service: Service, t0: float) -> dict[str, Any]:
+def stop_entry(stop: Stop, t0: float) -> dict[str, Any]:
     """One stop as JSON-able data, times in seconds from the start of the load."""
 
     def rel(at: float | None) -> float | None:
         return None if at is None else round(at - t0, 4)
 
     phases = []
-    report = service.report
+    report = stop.report
     if report is not None:
         began = report.get("stop_began")
         # The report's stop_began is the service's time.monotonic(): on one host the
         # clock is shared, so its phases line up with the drill's own timeline.
-        base = began - t0 if isinstance(began, int | float) else rel(service.signalled)
+        base = began - t0 if isinstance(began, int | float) else rel(stop.signalled)
         for record in report.get("stop", []):
             if base is None:
                 break
@@ -239,16 +257,16 @@ def stop_entry(service: Service, t0: float) -> dict[str, Any]:
                 }
             )
     return {
-        "instance": service.label,
-        "port": service.port,
-        "signalled": rel(service.signalled),
-        "exited": rel(service.exited),
-        "exit_code": service.exit_code,
-        "killed": service.killed,
+        "instance": stop.label,
+        "port": stop.port,
+        "signalled": rel(stop.signalled),
+        "exited": rel(stop.exited),
+        "exit_code": stop.exit_code,
+        "killed": stop.killed,
         "report": report,
-        "report_note": service.report_note,
+        "report_note": stop.report_note,
         "phases": phases,
-        "output": service.last_output(3) if service.exit_code != 0 else [],
+        "output": list(stop.output),
     }
 
 
@@ -257,7 +275,7 @@ def judge(
     settings: dict[str, Any],
     samples: Sequence[Sample],
     examples: dict[str, str],
-    stops: Sequence[Service],
+    stops: Sequence[Stop],
     t0: float,
     span: float,
     problems: Sequence[str],
@@ -297,8 +315,8 @@ def judge(
         total.add(sample)
     found = list(problems)
     notes = []
-    for service in stops:
-        found += judge_stop(service, exit_timeout=exit_timeout, writes_report=writes_report)
+    for stop in stops:
+        found += judge_stop(stop, exit_timeout=exit_timeout, writes_report=writes_report)
     before = windows["before"]
     if before.ok == 0:
         found.append("no request sent before the signal was answered ok: nothing was proven")
