@@ -208,7 +208,8 @@ class App(Service):
         self._control.bind(watchdog)
         try:
             # Before anything else, signal handlers included: a bad config starts nothing.
-            self._validate()
+            if not (budget := self._validate()).endswith(": fits"):
+                logger.warning("%s", budget)
         except ConfigError as exc:
             self.report.error = str(exc)
             self.report.exit_code = ExitCode.CONFIG

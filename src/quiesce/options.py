@@ -54,8 +54,8 @@ def check_options(app: Options, *, stop_hooks: int) -> str:
     """Check the App's own options (its parts are checked where they are kept).
 
     ``stop_hooks`` is how many ``before_stop`` and ``after_stop`` hooks there
-    are. Returns the stop budget line (see :func:`config.stop_budget_line`),
-    logged as a warning when the stop could outlast ``grace_period``.
+    are. Returns the stop budget line (see :func:`config.stop_budget_line`);
+    it ends with ``: fits`` unless the stop could outlast ``grace_period``.
 
     Raises:
         ConfigError: the first bad option.
@@ -94,7 +94,4 @@ def check_options(app: Options, *, stop_hooks: int) -> str:
         "hooks": stop_hooks * app.hook_timeout,
         "cleanup reserve": reserve,
     }
-    line = config.stop_budget_line(parts, app.stop_timeout, app.grace_period)
-    if not line.endswith(": fits"):
-        logger.warning("%s", line)
-    return line
+    return config.stop_budget_line(parts, app.stop_timeout, app.grace_period)

@@ -163,7 +163,7 @@ def test_check_config_validates_without_binding_a_port(quiesce: Start) -> None:
         bad = quiesce([*target, "--drain-delay", "40", "--check-config"])
         assert bad.wait() == 2, bad
         assert bad.stderr.splitlines() == [
-            "quiesce: drain_delay=40.0s does not fit stop_timeout=30.0s "
+            "quiesce: --drain-delay (flag): drain_delay=40.0s does not fit stop_timeout=30.0s "
             "with 5.0s kept for after_stop and resources"
         ]
         assert bad.stdout == ""
@@ -196,9 +196,9 @@ BOOM = "import os\nraise RuntimeError(os.sep + ' is not a database')\n"
          "of seconds, at most 86400"),
         (["cli.targets:asgi", "--config", "bad.toml"], {}, False,
          "quiesce: config file bad.toml: not valid TOML: "),
-        # Found by App.run()'s own validation: logged, as App.run() logs it.
-        (["cli.targets:asgi", "--registry", "zk://x"], {}, True, "ERROR quiesce.lifecycle: bad "
-         "configuration: registry 'zk://x': unknown registry scheme 'zk'"),
+        # Found by the App's own validation, before the run: named with its source.
+        (["cli.targets:asgi", "--registry", "zk://x"], {}, True, "quiesce: --registry (flag): "
+         "registry 'zk://x': unknown registry scheme 'zk'"),
     ],
 )  # fmt: skip
 def test_run_bad_input_is_exit_2_and_one_line_on_the_real_stderr(

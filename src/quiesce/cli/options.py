@@ -55,7 +55,8 @@ def _delay(value: object) -> float | Drain:
 
 def _port(value: object) -> int:
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or not 0 <= int(text) <= 65535:
+    digits = text.isascii() and text.isdigit()  # not "²" nor other scripts' digits
+    if isinstance(value, bool) or not digits or not 0 <= int(text) <= 65535:
         raise ValueError("must be an integer from 0 to 65535")
     return int(text)
 
@@ -119,7 +120,9 @@ class Option:
 
     @property
     def flag(self) -> str:
-        """``--stop-timeout``."""
+        """``--stop-timeout`` (``TARGET`` for the argument)."""
+        if self.name == "target":
+            return "TARGET"
         return "--" + self.name.replace("_", "-")
 
     @property

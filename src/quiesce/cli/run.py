@@ -23,6 +23,7 @@ from quiesce.app import App
 from quiesce.cli.options import OPTIONS, by_name
 from quiesce.cli.sources import OptionError, Setting, config_file, gather
 from quiesce.cli.target import TargetError, is_asgi, load
+from quiesce.errors import ConfigError
 from quiesce.process import configure_logging
 from quiesce.registry import redact
 
@@ -88,8 +89,11 @@ def run(flags: Mapping[str, object], environ: Mapping[str, str], cwd: str) -> No
         for name, setting in effective(settings, app, built=not isinstance(made, App)).items():
             click.echo(f"{name:<14} {setting.value!s:<32} ({setting.source})")
         sys.exit(0)
+    try:
+        line = app.check()  # what the run would refuse, named with the value's source
+    except ConfigError as exc:
+        raise _sourced(exc, settings) from None
     if _value(settings, "check_config"):
-        line = app.check()  # a ConfigError is the CLI's exit 2
         click.echo(f"ok: {spec} would serve {', '.join(_servers(app)) or 'no servers'}")
         click.echo(line)
         sys.exit(0)
@@ -126,7 +130,10 @@ def build(made: object, spec: str, source: str, settings: Mapping[str, Setting])
         app.add_server(server)
     else:
         what = type(made).__name__
-        raise TargetError(f"TARGET ({source}): {spec!r} is a {what}, neither an App nor ASGI app")
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise TargetError(
+            f"TARGET ({source}): {spec!r} is {article} {what}, neither an App nor an ASGI app"
+        )
     _apply_grpc(app, settings)
     if (admin := settings.get("admin_port")) is not None:
         from quiesce.servers.admin import AdminServer  # prometheus-client only when asked
@@ -135,6 +142,23 @@ def build(made: object, spec: str, source: str, settings: Mapping[str, Setting])
     if app.log_queue is None:
         app.log_queue = True  # the CLI set the handlers up: keep a stalled stream off the loop
     return app
+
+
+def _sourced(error: ConfigError, settings: Mapping[str, Setting]) -> ConfigError:
+    """``error`` (the App's words) naming the option the user set and where: flag, env, file."""
+    message = str(error)
+    user = [o for o in OPTIONS if (s := settings.get(o.name)) is not None and _by_user(s)]
+    servers = {"grpc": "grpc", "admin_port": "admin"}  # servers the CLI added itself
+    for option in user:
+        heads: tuple[str, ...] = (f"{option.app}=", f"{option.app} ") if option.app else ()
+        if option.name in servers:
+            heads = (f"server {servers[option.name]!r}",)
+        if message.startswith(heads):
+            return OptionError(f"{option.flag} ({settings[option.name].source}): {message}")
+    for option in user:  # named within the message: "drain_delay=2s does not fit stop_timeout=3s"
+        if option.app and f"{option.app}=" in message:
+            return OptionError(f"{option.flag} ({settings[option.name].source}): {message}")
+    return error
 
 
 def _apply_http(app: App, settings: Mapping[str, Setting]) -> None:

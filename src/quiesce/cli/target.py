@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import sysconfig
 from collections.abc import Awaitable
 from typing import Any
 
@@ -87,11 +88,19 @@ def _import(module_name: str, folder: str) -> Any:
 
 
 def _where(exc: BaseException) -> str:
-    """`` (file.py:12)``: the innermost frame of the user's code that raised."""
+    """`` (file.py:12)``: the innermost frame of the user's code that raised.
+
+    Not the standard library's, nor an installed package's, nor the import machinery's.
+    """
+    paths = sysconfig.get_paths()
+    libraries = tuple(
+        os.path.join(paths[key], "") for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    )
     tb = exc.__traceback__
     last = None
     while tb is not None:
-        if "importlib" not in tb.tb_frame.f_code.co_filename:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith(("<", *libraries)):
             last = tb
         tb = tb.tb_next
     if last is None:

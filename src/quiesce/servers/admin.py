@@ -98,9 +98,11 @@ class AdminServer(HTTPServer):
             ConfigError: another App is running this server.
 
         """
+        again = self.lifecycle is lifecycle and self.metrics is not None
         super().attach(lifecycle)
-        self.metrics = Metrics(lifecycle)
-        lifecycle.observers.add(self.metrics)
+        if not again:  # checked, then run: one set of metrics per app
+            self.metrics = Metrics(lifecycle)
+            lifecycle.observers.add(self.metrics)
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # a WebSocket: refused (uvicorn answers 403)
