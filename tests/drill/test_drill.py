@@ -54,7 +54,7 @@ def test_drill_service_that_dies_with_requests_in_flight_fails_naming_them() -> 
     )
     assert lost is not None, result
     assert int(lost.group(1)) >= 1
-    assert "i0 exited -15 (ended by SIGTERM's default action" in result.stdout
+    assert "i0 did not exit after SIGTERM but died of SIGTERM (exit -15)" in result.stdout
     # A --command writes no report unless asked for one: the verdict says so.
     assert "no stop report: a --command service writes none" in result.stdout
 

@@ -74,7 +74,7 @@ def test_drill_instances_app_that_drains_passes() -> None:
 
 
 def test_drill_instances_retries_count_the_requests_that_needed_one() -> None:
-    result = drill("--command", UVICORN, "--instances", "3", "--retries", "2", "--json", *SHORT)
+    result = drill("--command", UVICORN, "--instances", "2", "--retries", "2", "--json", *SHORT)
     verdict = result.verdict
     # The instance that closed stays in the clients' rotation until it is ejected or
     # noticed: each request that met it first was refused there, then sent elsewhere.

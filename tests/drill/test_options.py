@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from drill.run import SHORT, drill, python_command
+from quiesce.cli import main
 from quiesce.drill.command import command
-from quiesce.drill.notice import DEFAULT_NOTICE_DELAY
-from quiesce.drill.scenario import DrillOptions
+from quiesce.drill.options import DrillOptions
 
 UVICORN = python_command(
     "-m", "uvicorn", "--app-dir", "tests/drill", "plain:app", "--port", "{port}"
@@ -20,6 +21,7 @@ UVICORN = python_command(
         ([], "give either a TARGET"),
         (["app:app", "--command", UVICORN], "give either a TARGET"),
         (["--command", "uvicorn app:app"], "must contain {port}"),
+        (["--command", "uvicorn 'app:app --port {port}"], "No closing quotation"),
         (["app:app", "--clients", "0"], "--clients"),
         (["app:app", "--duration", "nan"], "--duration"),
         (["app:app", "--duration", "inf"], "--duration"),
@@ -35,11 +37,12 @@ UVICORN = python_command(
     ],
 )
 def test_drill_bad_option_is_exit_2_and_one_line(args: list[str], says: str) -> None:
-    result = drill(*args)
-    assert result.code == 2, result
+    # In-process, through the real ``quiesce`` group: nothing here starts a service.
+    result = CliRunner().invoke(main, ["drill", *args], prog_name="quiesce")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert len(lines) == 1, result
+    assert len(lines) == 1, result.stderr
     assert lines[0].startswith("quiesce drill: ")
     assert says in lines[0]
 
@@ -75,7 +78,7 @@ def test_drill_defaults_are_the_issues_and_the_commands() -> None:
     assert defaults["instances"] == DrillOptions.instances == 1
     assert DrillOptions.registry is None  # a private file registry
     assert defaults["retries"] == DrillOptions.retries == 0  # no retries: what most callers are
-    assert defaults["notice_delay"] == DrillOptions.notice_delay == DEFAULT_NOTICE_DELAY == 1.0
+    assert defaults["notice_delay"] == DrillOptions.notice_delay == 1.0
     assert defaults["ready_timeout"] == DrillOptions.ready_timeout == 30.0
     assert defaults["exit_timeout"] == DrillOptions.exit_timeout == 60.0
     assert defaults["request_timeout"] == DrillOptions.request_timeout == 10.0

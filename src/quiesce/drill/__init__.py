@@ -7,6 +7,7 @@ whether the stop itself was clean. With several instances it does a rolling
 restart behind the discovery client. The parts, one module each:
 
 - :mod:`~quiesce.drill.command`: the click command and its options;
+- :mod:`~quiesce.drill.options`: what a drill runs (:class:`DrillOptions`);
 - :mod:`~quiesce.drill.scenario`: the course of a drill (:func:`run_drill`);
 - :mod:`~quiesce.drill.service`: launching an instance, readiness, signal, exit;
 - :mod:`~quiesce.drill.load`: the clients and how a request's outcome is classified;
@@ -23,14 +24,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from quiesce.drill.options import DrillOptions
+
 if TYPE_CHECKING:
-    from quiesce.drill.scenario import DrillOptions, run_drill
+    from quiesce.drill.scenario import run_drill
 
 __all__ = ["DrillOptions", "run_drill"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name == "run_drill":
         from quiesce.drill import scenario
 
         return getattr(scenario, name)

@@ -1,7 +1,7 @@
 """``quiesce drill``: the command line of the drill (options, their checks, the exit code).
 
-Only click is imported here: the load, the service and the registry are
-imported when the drill runs, so that ``--help`` is quick and a missing
+Only click and the options are imported here: the load, the service and the
+registry backends are imported when the drill runs, so that ``--help`` is quick and a missing
 optional dependency is one line, not a traceback.
 """
 
@@ -12,12 +12,15 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+
+from quiesce.drill.options import DrillOptions
 
 __all__ = ["command"]
 
@@ -49,6 +52,45 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+#: The options that take a value, in --help's order: flag, type, help. Each one's default is
+#: DrillOptions' (one place says it).
+_VALUES: list[tuple[str, Any, str]] = [
+    ("--clients", click.IntRange(min=1), "Concurrent keep-alive clients, one request at a time."),
+    ("--duration", _Seconds(), "Seconds of load (--instances: at least until the restart ends)."),
+    ("--signal-at", _Seconds(), "Seconds into the load when SIGTERM is sent (the restart begins)."),
+    ("--path", str, "The path the load GETs."),
+    ("--instances", click.IntRange(min=1), "Run this many on a registry; restart each in turn."),
+    ("--registry", str, "The registry for --instances (default: a private file registry)."),
+    ("--retries", click.IntRange(min=0), "Model clients retrying a refused or broken request."),
+    (
+        "--notice-delay",
+        _Seconds(zero=True),
+        "With --instances: seconds clients take to notice an instance left or joined, as "
+        "behind a load balancer (0: as fast as the registry's watch).",
+    ),
+    ("--ready-timeout", _Seconds(), "Seconds an instance may take to become ready."),
+    ("--exit-timeout", _Seconds(), "Seconds to exit after SIGTERM; then it is killed."),
+    ("--request-timeout", _Seconds(), "Seconds one request may take."),
+]
+
+
+_METAVARS = {"--path": "PATH", "--registry": "URL"}
+
+
+def _value_options(fn: Any) -> Any:
+    for flag, kind, help_ in reversed(_VALUES):
+        default = getattr(DrillOptions, flag[2:].replace("-", "_"))
+        fn = click.option(
+            flag,
+            type=kind,
+            default=default,
+            show_default=True,
+            metavar=_METAVARS.get(flag),
+            help=help_,
+        )(fn)
+    return fn
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("target", required=False)
 @click.option(
@@ -57,76 +99,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     help="Drill this command instead of a TARGET: it must listen on {port}; {report}, "
     "{registry} and {name} are also replaced. Split like a shell, run without one.",
 )
-@click.option(
-    "--clients",
-    type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Concurrent keep-alive clients, each sending one request after another.",
-)
-@click.option(
-    "--duration",
-    type=_Seconds(),
-    default=10.0,
-    show_default=True,
-    help="Seconds of load (with --instances: at least until the restart is over).",
-)
-@click.option(
-    "--signal-at",
-    type=_Seconds(),
-    default=3.0,
-    show_default=True,
-    help="Seconds into the load when SIGTERM is sent (the rolling restart begins).",
-)
-@click.option("--path", default="/", show_default=True, help="The path the load GETs.")
-@click.option(
-    "--instances",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Run this many instances on a registry and restart each in turn.",
-)
-@click.option(
-    "--registry",
-    metavar="URL",
-    help="The registry for --instances (default: a private file registry).",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Model clients that retry a refused or broken request this many times.",
-)
-@click.option(
-    "--notice-delay",
-    type=_Seconds(zero=True),
-    default=1.0,
-    show_default=True,
-    help="With --instances: seconds clients take to notice an instance left or "
-    "joined, as behind a load balancer (0: as fast as the registry's watch).",
-)
-@click.option(
-    "--ready-timeout",
-    type=_Seconds(),
-    default=30.0,
-    show_default=True,
-    help="Seconds an instance may take to become ready.",
-)
-@click.option(
-    "--exit-timeout",
-    type=_Seconds(),
-    default=60.0,
-    show_default=True,
-    help="Seconds an instance may take to exit after SIGTERM; then it is killed.",
-)
-@click.option(
-    "--request-timeout",
-    type=_Seconds(),
-    default=10.0,
-    show_default=True,
-    help="Seconds one request may take.",
-)
+@_value_options
 @click.option(
     "--json",
     "as_json",
@@ -154,7 +127,7 @@ def command(target: str | None, as_json: bool, html: Path | None, **options: Any
     """
     _check(target, html, options)
     try:
-        from quiesce.drill.scenario import DrillOptions, run_drill
+        from quiesce.drill.scenario import run_drill
         from quiesce.drill.service import DrillError
         from quiesce.drill.verdict import Verdict
         from quiesce.errors import ConfigError
@@ -204,8 +177,13 @@ def _check(target: str | None, html: Path | None, o: dict[str, Any]) -> None:
     """The checks between options, each failing with one line and exit 2."""
     if (target is None) == (o["command"] is None):
         _fail("give either a TARGET (module:attr or file.py:attr) or --command, not both")
-    if o["command"] is not None and "{port}" not in o["command"]:
-        _fail(f"--command {o['command']!r}: must contain {{port}}, the port to listen on")
+    if o["command"] is not None:
+        if "{port}" not in o["command"]:
+            _fail(f"--command {o['command']!r}: must contain {{port}}, the port to listen on")
+        try:
+            shlex.split(o["command"])
+        except ValueError as exc:
+            _fail(f"--command {o['command']!r}: {exc} (it is split as a shell would)")
     if o["signal_at"] >= o["duration"]:
         _fail(
             f"--signal-at {o['signal_at']:g} must come before the end of --duration "

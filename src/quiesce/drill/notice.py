@@ -19,10 +19,7 @@ from typing import Any
 from quiesce.registry import Discovery, Instance, Watch
 from quiesce.rotation import http_endpoint
 
-__all__ = ["DEFAULT_NOTICE_DELAY", "LateDiscovery"]
-
-#: Seconds clients take to notice that an instance left or joined (``--notice-delay``).
-DEFAULT_NOTICE_DELAY = 1.0
+__all__ = ["LateDiscovery"]
 
 
 class LateDiscovery:

@@ -20,19 +20,21 @@ Every wait is bounded: readiness by ``ready_timeout``, each exit by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import httpx
 
 from quiesce.client import AsyncClient
 from quiesce.drill.load import Load
-from quiesce.drill.notice import DEFAULT_NOTICE_DELAY, LateDiscovery
+from quiesce.drill.notice import LateDiscovery
+from quiesce.drill.options import DrillOptions
 from quiesce.drill.progress import Progress
 from quiesce.drill.service import (
     DrillError,
@@ -45,10 +47,11 @@ from quiesce.drill.service import (
     terminate,
     wait_exit,
     wait_ready,
+    withdraw,
 )
 from quiesce.drill.verdict import Verdict, judge
 from quiesce.errors import ConfigError
-from quiesce.registry import Discovery, from_url, redact
+from quiesce.registry import Discovery, from_url
 
 if TYPE_CHECKING:
     from quiesce.registry.etcd import EtcdRegistry
@@ -60,42 +63,6 @@ __all__ = ["TAIL", "DrillOptions", "run_drill"]
 TAIL = 0.5
 #: The private registry's poll: quick, so that the notice delay is what clients wait.
 _PRIVATE_POLL = 0.02
-
-
-@dataclass(frozen=True)
-class DrillOptions:
-    """What to drill and how; the defaults are ``quiesce drill``'s (see its ``--help``)."""
-
-    target: str | None = None
-    command: str | None = None
-    clients: int = 50
-    duration: float = 10.0
-    signal_at: float = 3.0
-    path: str = "/"
-    instances: int = 1
-    registry: str | None = None
-    retries: int = 0
-    ready_timeout: float = 30.0
-    exit_timeout: float = 60.0
-    request_timeout: float = 10.0
-    notice_delay: float = DEFAULT_NOTICE_DELAY
-
-    def settings(self) -> dict[str, Any]:
-        """What ran, for the verdict."""
-        settings: dict[str, Any] = {
-            "target": self.target,
-            "command": self.command,
-            "instances": self.instances,
-            "clients": self.clients,
-            "duration": self.duration,
-            "signal_at": self.signal_at,
-            "path": self.path,
-            "retries": self.retries,
-        }
-        if self.instances > 1:
-            settings["notice_delay"] = self.notice_delay
-            settings["registry"] = redact(self.registry) if self.registry else "private"
-        return settings
 
 
 async def run_drill(options: DrillOptions, progress: TextIO | None = None) -> Verdict:
@@ -144,6 +111,11 @@ class _Drill:
                 await progress.close()
             await kill_all(self.started)
             if self.registry is not None:
+                # Interrupted: what the drill registered must not outlive it in a shared
+                # registry (a private one goes with its directory anyway).
+                for service in self.started:
+                    with contextlib.suppress(DrillError):
+                        await withdraw(service, self.registry)
                 await self.registry.aclose()
         assert self.load is not None
         assert self.load.ended is not None
@@ -217,7 +189,9 @@ class _Drill:
         await _sleep_until(t0 + o.signal_at)
         for n, old in enumerate(current):
             self.stops.append(old)
-            if not old.ended.done():
+            if old.ended.done():  # it exited on its own before its turn: judged so
+                old.read_report(self.launch)
+            else:
                 self.phase = f"{old.label}: stopping (SIGTERM sent)"
                 await terminate(old, registry)
                 await self._exit(old)
@@ -299,9 +273,13 @@ class _Drill:
     async def _check_path(self, service: Service, answer: httpx.Response) -> None:
         """A path the service answers 4xx to is a bad option, not a finding."""
         if self.launch.target is not None:
+            url = service.endpoint + self.options.path
             timeout = self.options.request_timeout
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
-                answer = await http.get(service.endpoint + self.options.path)
+            try:
+                async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+                    answer = await http.get(url)
+            except httpx.HTTPError as exc:
+                raise DrillError(f"{service.label}: ready, but GET {url} failed: {exc!r}") from None
         if 400 <= answer.status_code < 500:
             raise ConfigError(
                 f"--path {self.options.path}: the service answers {answer.status_code} "

@@ -46,10 +46,12 @@ __all__ = [
     "Service",
     "free_port",
     "kill_all",
+    "register",
     "start",
     "terminate",
     "wait_exit",
     "wait_ready",
+    "withdraw",
 ]
 
 #: Bound on one readiness probe; a service that takes longer to answer it is not ready yet.
@@ -62,6 +64,8 @@ PROBE_CAP = 0.25
 REGISTRY_TIMEOUT = 5.0
 #: Bound on reaping a process after SIGKILL (the kernel ends it; this is only the wait).
 KILL_TIMEOUT = 5.0
+#: Bytes of a service's output read for its last lines.
+OUTPUT_TAIL = 16384
 
 
 class DrillError(QuiesceError):
@@ -131,9 +135,8 @@ class Service:
     label: str
     port: int
     proc: asyncio.subprocess.Process
-    report_path: Path | None
+    report_path: Path
     output_path: Path
-    started: float
     #: The instance the drill registered for it (a command that does not register itself).
     registered: Instance | None = None
     signalled: float | None = None
@@ -141,8 +144,6 @@ class Service:
     exit_code: int | None = None
     #: True when it did not exit within the exit timeout and was killed.
     killed: bool = False
-    #: Why it counts as not ready, when it never was.
-    not_ready: str | None = None
     #: The stop report it wrote, once it exited (None: none, see report_note).
     report: dict[str, Any] | None = None
     report_note: str = ""
@@ -179,14 +180,17 @@ class Service:
     def last_output(self, lines: int = 1) -> list[str]:
         """The last non-blank lines the service wrote (stdout and stderr together)."""
         try:
-            text = self.output_path.read_text(errors="replace")
+            with self.output_path.open("rb") as output:
+                # Only the tail: an access log of a few seconds of load is megabytes.
+                output.seek(max(0, output.seek(0, os.SEEK_END) - OUTPUT_TAIL))
+                text = output.read().decode(errors="replace")
         except OSError:
             return []
         return [line.strip() for line in text.splitlines() if line.strip()][-lines:]
 
     def read_report(self, launch: Launch) -> None:
         """Read the stop report it wrote into :attr:`report`, or say in the note why none."""
-        if self.report_path is None or not launch.writes_report:
+        if not launch.writes_report:
             self.report_note = (
                 "no stop report: a --command service writes none unless its command has "
                 "{report}; the stop is judged by the exit code alone"
@@ -237,7 +241,7 @@ async def start(launch: Launch, label: str, port: int) -> Service:
         raise ConfigError(f"--command: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    return Service(label, port, proc, report, output_path, started=time.monotonic())
+    return Service(label, port, proc, report, output_path)
 
 
 async def wait_ready(service: Service, launch: Launch, timeout: float) -> httpx.Response:
@@ -271,23 +275,22 @@ async def wait_ready(service: Service, launch: Launch, timeout: float) -> httpx.
                 if done:
                     raise _exited_early(service, launch)
     except TimeoutError:
-        service.not_ready = f"not ready within {timeout:g}s (--ready-timeout)"
         await _kill(service)
         last = service.last_output()
         said = f"; its last output: {last[0]}" if last else ""
-        raise DrillError(f"{service.label}: {url} {service.not_ready}{said}") from None
+        raise DrillError(
+            f"{service.label}: {url} not ready within {timeout:g}s (--ready-timeout){said}"
+        ) from None
 
 
 def _exited_early(service: Service, launch: Launch) -> QuiesceError:
     code = service.proc.returncode
     last = service.last_output()
     said = f": {last[0]}" if last else " (it printed nothing)"
-    what = launch.target if launch.target is not None else launch.command
+    what = f"the service {launch.target!r}" if launch.target else "the --command service"
     if code == 2:
-        service.not_ready = "exited 2 (bad configuration)"
-        return ConfigError(f"the service {what!r} exited 2 (bad configuration){said}")
-    service.not_ready = f"exited {code} before it was ready"
-    return DrillError(f"{service.label}: the service {what!r} exited {code} before ready{said}")
+        return ConfigError(f"{what} exited 2 (bad configuration){said}")
+    return DrillError(f"{service.label}: {what} exited {code} before it was ready{said}")
 
 
 async def register(registry: Registry, service: Service, name: str) -> None:
@@ -307,7 +310,7 @@ async def register(registry: Registry, service: Service, name: str) -> None:
 
 
 async def terminate(service: Service, registry: Registry | None) -> None:
-    """Withdraw the instance (when the drill registered it) and send SIGTERM, together.
+    """Send SIGTERM and withdraw the instance (when the drill registered it), together.
 
     As Kubernetes does, the endpoint goes away at the moment the signal is sent;
     clients learn of it only as fast as their discovery does.
@@ -319,13 +322,24 @@ async def terminate(service: Service, registry: Registry | None) -> None:
     service.signalled = time.monotonic()
     with contextlib.suppress(ProcessLookupError):
         service.proc.send_signal(signal.SIGTERM)
-    if service.registered is not None and registry is not None:
-        instance, service.registered = service.registered, None
-        try:
-            async with asyncio.timeout(REGISTRY_TIMEOUT):
-                await registry.deregister(instance)
-        except (TimeoutError, QuiesceError, OSError) as exc:
-            raise DrillError(f"{service.label}: withdrawing it failed: {exc!r}") from None
+    await withdraw(service, registry)
+
+
+async def withdraw(service: Service, registry: Registry | None) -> None:
+    """Deregister the instance the drill registered for ``service``, if it did.
+
+    Raises:
+        DrillError: the registry failed or did not answer within REGISTRY_TIMEOUT.
+
+    """
+    if service.registered is None or registry is None:
+        return
+    instance, service.registered = service.registered, None
+    try:
+        async with asyncio.timeout(REGISTRY_TIMEOUT):
+            await registry.deregister(instance)
+    except (TimeoutError, QuiesceError, OSError) as exc:
+        raise DrillError(f"{service.label}: withdrawing it failed: {exc!r}") from None
 
 
 async def wait_exit(service: Service, launch: Launch, timeout: float) -> None:

@@ -181,27 +181,35 @@ def _describe_stop(stop: dict[str, Any]) -> str:
             head += f" ({stop['exited'] - stop['signalled']:.3f}s later)"
     if stop["killed"]:
         head += ", killed"
+    output = "".join(f"\n      output: {line}" for line in stop["output"])
     report = stop["report"]
     if report is None:
-        return f"{head}; {stop['report_note']}"
+        return f"{head}; {stop['report_note']}{output}"
     phases = ", ".join(f"{p['name']} {p['duration']:.3f}s {p['outcome']}" for p in stop["phases"])
     cut = [c for record in report.get("stop", []) for c in record.get("cut", [])]
     cut_text = f"; cut: {', '.join(cut)}" if cut else ""
-    return f"{head}; its report: exit {report.get('exit_code')}, stop: {phases}{cut_text}"
+    return f"{head}; its report: exit {report.get('exit_code')}, stop: {phases}{cut_text}{output}"
 
 
 def judge_stop(stop: Stop, *, exit_timeout: float, writes_report: bool) -> list[str]:
     """What was wrong with one instance's stop (nothing: a clean stop)."""
     label, code = stop.label, stop.exit_code
     if stop.signalled is None:
-        return [f"{label} exited {_code(code)} on its own, before the drill signalled it"]
+        return [f"{label} exited {code} on its own, before the drill signalled it"]
     problems = []
     if stop.killed:
         problems.append(
             f"{label} did not exit within {exit_timeout:g}s of SIGTERM (--exit-timeout): killed"
         )
+    elif code is not None and code < 0:
+        # uvicorn re-raises the signal after its own shutdown, a process without a handler
+        # just dies of it: either way no exit code says whether the stop finished.
+        problems.append(
+            f"{label} did not exit after SIGTERM but died of {_signal_name(code)} (exit {code}): "
+            "nothing says its stop finished"
+        )
     elif code != 0:
-        problems.append(f"{label} exited {_code(code)} after SIGTERM{_report_detail(stop)}")
+        problems.append(f"{label} exited {code} after SIGTERM{_report_detail(stop)}")
     report = stop.report
     if report is not None and report.get("exit_code") != 0 and code == 0:
         problems.append(f"{label}: its stop report says exit {report.get('exit_code')}")
@@ -210,16 +218,11 @@ def judge_stop(stop: Stop, *, exit_timeout: float, writes_report: bool) -> list[
     return problems
 
 
-def _code(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            return str(code)
-        # uvicorn re-raises the signal after its own shutdown, a bare process just dies
-        # of it: either way the process did not say how its stop went.
-        return f"{code} (ended by {name}'s default action: no exit code of its own)"
-    return str(code)
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _report_detail(stop: Stop) -> str:
@@ -350,7 +353,8 @@ def judge(
         windows=windows,
         total=total,
         stops=[stop_entry(s, t0) for s in stops],
-        examples={k: examples[k] for k in order_kinds(examples) if k in examples},
+        # Only kinds that failed: a refusal retried into an answer is not one.
+        examples={k: examples[k] for k in order_kinds(total.failed) if k in examples},
         timeline=timeline(samples, span),
     )
 
