@@ -3,11 +3,13 @@
 Imported by the in-process tests (:class:`Bookstore`, :func:`bookstore_server`), and run as a
 real subprocess: ``python -m tests.gateway.bookstore_service CASE REPORT_FILE [ARGS]``.
 
-- ``seed``: one App, ``GatewayServer("grpc")`` in front of a ``GRPCServer``, drain delay 1 s.
-  Prints ``EVENT ready <gateway url> <time>``, and ``EVENT <server>-stop-begin/-end <time>``
-  as each server's stop begins and ends.
+Each prints ``EVENT ready <url> <instance id> <time>`` once ready.
+
+- ``seed``: one App, ``GatewayServer("grpc")`` in front of a ``GRPCServer``, drain delay 1 s;
+  the url is the gateway's. Prints ``EVENT <server>-stop-begin/-end <time>`` as each
+  server's stop begins and ends.
 - ``instance REGISTRY_URL``: a ``bookstore`` instance (a GRPCServer on a free port, with
-  reflection) registered there, drain delay 0.3 s. Prints ``EVENT ready <grpc url> <time>``.
+  reflection) registered there, drain delay 0.3 s; the url is its ``grpc://`` endpoint.
 
 ``GetBook`` is the call the tests shape: book 404 fails NOT_FOUND, book 503 UNAVAILABLE, a
 book of 1000 or more sleeps ``book - 1000`` ms first (1300: 300 ms); the reply's ``labels``
@@ -179,7 +181,7 @@ def main() -> None:
     @app.after_start
     def ready() -> None:
         server = next(s for s in app.servers if s.name == shown)
-        event(f"ready {server.endpoints()[0]}")
+        event(f"ready {server.endpoints()[0]} {app.id}")
 
     app.run()
 

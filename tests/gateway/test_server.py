@@ -117,6 +117,13 @@ async def test_gateway_forwards_the_listed_headers_as_metadata(store: Running) -
     }
 
 
+async def test_gateway_refuses_a_forwarded_value_grpc_cannot_carry(store: Running) -> None:
+    async with httpx.AsyncClient(base_url=store.url) as client:
+        got = await client.get("/v1/shelves/1/books/2", headers={"Authorization": b"caf\xe9"})
+    assert got.status_code == 400
+    assert "'authorization'" in body(got)["message"]
+
+
 @pytest.mark.parametrize("store", [{"forward_headers": ["X-Tenant"]}], indirect=True)
 async def test_gateway_forwards_only_the_headers_given(store: Running) -> None:
     async with httpx.AsyncClient(base_url=store.url) as client:
@@ -259,7 +266,10 @@ def test_gateway_bad_upstream_is_a_config_error(upstream: str, says: str) -> Non
     ("options", "says"),
     [
         ({"timeout": 0}, "timeout=0"),
-        ({"forward_headers": ["ok", 3]}, "3 is not a header name"),
+        ({"forward_headers": ["ok", 3]}, "3 must be a header name"),
+        ({"forward_headers": ["grpc-timeout"]}, "'grpc-timeout' must be a header name"),
+        ({"forward_headers": ["x-trace-bin"]}, "(not grpc-*, *-bin)"),
+        ({"forward_headers": ["X Tenant"]}, "'X Tenant' must be a header name"),
         ({"routes": {"GET /x": ("bookstore.Bookstore/GetBook", -1)}}, "timeout=-1"),
         ({"routes": {"GET /x": 3}}, "routes['GET /x']=3"),
         ({"routes": "GET /x"}, "must be a dict of routes or a list of Route"),

@@ -175,6 +175,10 @@ class Resolver:
                 routes.extend((r, self.timeout) for r in routes_from_service(service))
             except ValueError as exc:  # a bad annotation: say which, serve the rest
                 logger.error("gateway %s: %s not mapped: %s", self.upstream.describe, name, exc)
+        if not routes:
+            # Nothing to serve yet: perhaps an upstream still coming up. Ask again next time.
+            why = "serves no method with a google.api.http annotation, and routes= is empty"
+            raise unavailable(f"upstream {self.upstream.describe} {why}")
         bindings = {}
         for route, timeout in routes:
             owner = split_rpc(route.rpc)[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import grpc
 from quiesce.config import check_seconds
 from quiesce.errors import ConfigError
 from quiesce.gateway.errors import (
+    BadRequest,
     GatewayError,
     WrongMethod,
     error_body,
@@ -65,6 +67,8 @@ CHANNEL_RESERVE = 0.2
 RETRY_AFTER = b"1"
 
 _JSON = (b"content-type", b"application/json")
+#: A header name gRPC takes as a text metadata key: not its own (grpc-*), not binary (*-bin).
+_METADATA_KEY = re.compile(r"(?!grpc-)[0-9a-z_.-]+(?<!-bin)")
 
 
 class GatewayServer(HTTPServer):
@@ -153,8 +157,9 @@ class GatewayServer(HTTPServer):
             check_seconds({f"{where}: timeout": self.timeout})
         headers: tuple[object, ...] = self.forward_headers  # as given: maybe not strings
         for header in headers:
-            if not isinstance(header, str) or not header or not header.isascii():
-                raise ConfigError(f"{where}: forward_headers: {header!r} is not a header name")
+            if not isinstance(header, str) or not _METADATA_KEY.fullmatch(header.lower()):
+                must = "must be a header name that gRPC metadata can carry (not grpc-*, *-bin)"
+                raise ConfigError(f"{where}: forward_headers: {header!r} {must}")
         self._explicit = explicit_routes(where, self.routes)
 
     def attach(self, lifecycle: Lifecycle) -> None:
@@ -228,7 +233,10 @@ class GatewayServer(HTTPServer):
         cut = await super().stop(timeout - reserve)
         self._handler.reset()
         if self._channels is not None:
-            await self._channels.aclose(max(0.0, timeout - (time.monotonic() - began)))
+            # Every request has finished or was cut, and its call with it: a call still on a
+            # channel now is one grpc lost track of, not one to wait for.
+            left = timeout - (time.monotonic() - began)
+            await self._channels.aclose(max(0.0, min(left, CHANNEL_RESERVE)))
         return cut
 
 
@@ -283,7 +291,7 @@ class _Handler:
         if member is None:
             raise unavailable(resolver.upstream.why_none())
         forward = self.forward
-        metadata = [(k.decode(), v.decode("latin-1")) for k, v in scope["headers"] if k in forward]
+        metadata = [_metadata(k, v) for k, v in scope["headers"] if k in forward]
         call = member.unary(binding.rpc, binding.serialize, binding.parse)(
             request, timeout=binding.timeout, metadata=metadata
         )
@@ -321,6 +329,14 @@ def _error_headers(err: GatewayError) -> list[Any]:
     if isinstance(err, WrongMethod):
         return [(b"allow", ", ".join(err.allowed).encode())]
     return []
+
+
+def _metadata(name: bytes, value: bytes) -> tuple[str, str]:
+    """A forwarded header as metadata; gRPC refuses the call for a value it cannot carry."""
+    text = value.decode("latin-1")
+    if not (text.isascii() and text.isprintable()):
+        raise BadRequest(f"header {name.decode()!r}: a forwarded value must be printable ASCII")
+    return name.decode(), text
 
 
 async def _read_body(receive: Receive) -> bytes:
