@@ -23,18 +23,35 @@ from quiesce.gateway.errors import (
     WrongMethod,
     error_body,
     http_status,
+    status_details,
+)
+from quiesce.gateway.routes import (
+    Route,
+    RouteTable,
+    check_route,
+    routes_from_mapping,
+    routes_from_service,
 )
 from quiesce.gateway.templates import PathTemplate
+from quiesce.gateway.transcode import request_message, response_json
 
 __all__ = [
     "BadRequest",
     "GatewayError",
     "NoRoute",
     "PathTemplate",
+    "Route",
+    "RouteTable",
     "WrongMethod",
+    "check_route",
     "error_body",
     "find_method",
     "http_status",
     "load_from_reflection",
     "message_classes",
+    "request_message",
+    "response_json",
+    "routes_from_mapping",
+    "routes_from_service",
+    "status_details",
 ]

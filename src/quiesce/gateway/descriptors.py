@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import grpc
@@ -134,7 +135,7 @@ async def load_from_reflection(
     cannot give every file it needs (logged).
 
     Raises:
-        TimeoutError: the exchange did not finish within ``timeout`` seconds.
+        TimeoutError: the exchange did not finish within ``timeout`` seconds (default 5).
         grpc.aio.AioRpcError: the call failed otherwise (UNAVAILABLE: not up yet).
         TypeError: a file conflicts with one already in ``pool`` (protobuf's error).
 
@@ -222,16 +223,16 @@ def _dependencies_first(files: dict[str, _File]) -> list[_File]:
 
 
 def _has_service(pool: descriptor_pool.DescriptorPool, name: str) -> bool:
-    try:
-        pool.FindServiceByName(name)
-    except KeyError:
-        return False
-    return True
+    return _found(pool.FindServiceByName, name)
 
 
 def _has_file(pool: descriptor_pool.DescriptorPool, name: str) -> bool:
+    return _found(pool.FindFileByName, name)
+
+
+def _found(find: Callable[[str], object], name: str) -> bool:
     try:
-        pool.FindFileByName(name)
-    except KeyError:
+        find(name)
+    except KeyError:  # the pools' way of saying "not here"
         return False
     return True
