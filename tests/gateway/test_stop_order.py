@@ -63,10 +63,10 @@ class TimedGateway(GatewayServer):
 
 
 def store_app(
-    servicer: Bookstore, timeline: Timeline, **gateway: float
+    servicer: Bookstore, timeline: Timeline, stop_timeout: float | None = None
 ) -> tuple[App, GatewayServer]:
     grpc_server = TimedGRPC(lambda: bookstore_server(servicer), port=0)
-    gateway_server = TimedGateway("grpc", port=0, access_log=False, **gateway)
+    gateway_server = TimedGateway("grpc", port=0, access_log=False, stop_timeout=stop_timeout)
     grpc_server.timeline = gateway_server.timeline = timeline
     # The gateway first: the order of declaration must not matter, depends_on decides.
     app = App(name="store", servers=[gateway_server, grpc_server], stop_timeout=10)

@@ -19,7 +19,7 @@ wrk to core 1, so each caller has one core to itself and the upstream is the sam
 Kinds alternate round by round; the medians and the two ratios are printed. Everything is on
 loopback, every wait bounded, every process killed at the end.
 
-Run: ``python bench/gateway.py [rounds] [seconds]`` (default 3 rounds of 3 s).
+Run: ``python bench/gateway_throughput.py [rounds] [seconds]`` (default 3 rounds of 3 s).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def main(argv: Sequence[str]) -> None:
             (gateway if kind == "gateway" else starlette)(int(args[0]), int(args[1]))
         return
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
-        sys.exit("bench/gateway.py needs wrk and taskset")
+        sys.exit("bench/gateway_throughput.py needs wrk and taskset")
     rounds = int(argv[0]) if argv else 3
     seconds = float(argv[1]) if len(argv) > 1 else 3.0
     results = measure(rounds, seconds)
