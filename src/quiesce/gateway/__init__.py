@@ -32,12 +32,14 @@ from quiesce.gateway.routes import (
     routes_from_mapping,
     routes_from_service,
 )
+from quiesce.gateway.server import GatewayServer
 from quiesce.gateway.templates import PathTemplate
 from quiesce.gateway.transcode import request_message, response_json
 
 __all__ = [
     "BadRequest",
     "GatewayError",
+    "GatewayServer",
     "NoRoute",
     "PathTemplate",
     "Route",
