@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from drill.png import pixels
-from drill.run import SHORT, drill, python_command
 
 #: Bound on one Chromium run (it starts in ~2 s here).
 CHROMIUM_TIMEOUT = 30.0
@@ -36,16 +35,6 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One drill of the drained App with ``--html`` and ``--json``: the page and the verdict."""
-    out = tmp_path_factory.mktemp("html") / "drill.html"
-    command = python_command("tests/drill/serve.py", "{port}", "{report}")
-    result = drill("--command", command, "--json", "--html", str(out), *SHORT)
-    assert result.code == 0, result
-    return out, result.verdict
-
-
 def _run(chromium: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # As root (the test machines) Chromium needs --no-sandbox; no GPU on a headless VM.
     argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
@@ -54,8 +43,10 @@ def _run(chromium: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[st
     )
 
 
-def test_drill_html_is_one_file_that_fetches_nothing(page: tuple[Path, dict[str, Any]]) -> None:
-    path, verdict = page
+def test_drill_html_is_one_file_that_fetches_nothing(
+    drained_page: tuple[Path, dict[str, Any]],
+) -> None:
+    path, verdict = drained_page
     text = path.read_text()
     assert path.stat().st_mode & 0o077 == 0  # owner-only, like every file the drill writes
     assert "default-src 'none'" in text  # its CSP forbids any fetch
@@ -67,9 +58,9 @@ def test_drill_html_is_one_file_that_fetches_nothing(page: tuple[Path, dict[str,
 
 
 def test_drill_html_screenshot_shows_the_chart(
-    chromium: str, page: tuple[Path, dict[str, Any]], tmp_path: Path
+    chromium: str, drained_page: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    path, verdict = page
+    path, verdict = drained_page
     shot = tmp_path / "shot.png"
     _run(chromium, f"--screenshot={shot}", "--window-size=1100,900", path.as_uri(), cwd=tmp_path)
     width, height, counts = pixels(shot)
@@ -82,9 +73,9 @@ def test_drill_html_screenshot_shows_the_chart(
 
 
 def test_drill_html_draws_what_the_verdict_counts(
-    chromium: str, page: tuple[Path, dict[str, Any]], tmp_path: Path
+    chromium: str, drained_page: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    path, verdict = page
+    path, verdict = drained_page
     dom = _run(chromium, "--dump-dom", path.as_uri(), cwd=tmp_path).stdout
     drawn = re.search(r'id="drawn"[^>]*data-requests="(\d+)"', dom)
     assert drawn is not None, dom[-2000:]
