@@ -147,36 +147,33 @@ def direct(upstream_port: int, seconds: float) -> None:
 # -- the driver ---------------------------------------------------------------------
 
 
+def rps_of(command: Sequence[str], seconds: float, pattern: str) -> tuple[float, str]:
+    """Run ``command`` (bounded); the number ``pattern`` finds in its output, and the output."""
+    run = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    found = re.search(pattern, run.stdout)
+    if found is None:
+        raise RuntimeError(f"{command[0]} said nothing we can read:\n{run.stdout}")
+    return float(found.group(1)), run.stdout
+
+
 def wrk(port: int, seconds: float, script: Path) -> float:
-    out = subprocess.run(
+    rps, out = rps_of(
         [
             *("taskset", "-c", UPSTREAM_CPU),
             *("wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--timeout", "2s"),
             *("-s", str(script), f"http://127.0.0.1:{port}/orders"),
         ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rps is None or "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"wrk saw errors or said nothing:\n{out}")
-    return float(rps.group(1))
+        seconds,
+        r"Requests/sec:\s+([\d.]+)",
+    )
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    return rps
 
 
 def run_direct(upstream_port: int, seconds: float) -> float:
-    out = subprocess.run(
-        ["taskset", "-c", CALLER_CPU, PY, HERE, "direct", str(upstream_port), f"{seconds:g}"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    rps = re.search(r"RPS ([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"the direct client said nothing:\n{out}")
-    return float(rps.group(1))
+    command = [PY, HERE, "direct", str(upstream_port), f"{seconds:g}"]
+    return rps_of(["taskset", "-c", CALLER_CPU, *command], seconds, r"RPS ([\d.]+)")[0]
 
 
 def measure(rounds: int, seconds: float) -> dict[str, list[float]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from gateway.proto import bookstore_pb2 as pb
 from gateway.proto import bookstore_pb2_grpc as pb_grpc
 from quiesce import App, GRPCServer
 from quiesce.gateway.server import GatewayServer
+from quiesce.observe import Observer
 from scenarios.events import event
 
 #: Where a GetBook of this book or above sleeps ``book - SLEEPY`` ms.
@@ -115,24 +116,14 @@ def bookstore_server(servicer: Bookstore, *, reflection: bool = False) -> grpc.a
     return server
 
 
-class ProbeGRPC(GRPCServer):
-    """A GRPCServer that says when its stop begins and ends."""
+class StopEvents(Observer):
+    """Says when each server's stop begins and ends: ``EVENT <server>-stop-begin <time>``."""
 
-    async def stop(self, timeout: float) -> list[str]:
-        event(f"{self.name}-stop-begin")
-        cut = await super().stop(timeout)
-        event(f"{self.name}-stop-end")
-        return cut
+    def server_stop_began(self, server: str, in_flight: int | None) -> None:
+        event(f"{server}-stop-begin")
 
-
-class ProbeGateway(GatewayServer):
-    """A GatewayServer that says when its stop begins and ends."""
-
-    async def stop(self, timeout: float) -> list[str]:
-        event(f"{self.name}-stop-begin")
-        cut = await super().stop(timeout)
-        event(f"{self.name}-stop-end")
-        return cut
+    def server_stop_ended(self, server: str, in_flight: int | None, cut: Sequence[str]) -> None:
+        event(f"{server}-stop-end")
 
 
 @asynccontextmanager
@@ -157,8 +148,9 @@ async def running(app: App, timeout: float = 10.0) -> AsyncIterator[App]:
 
 def seed(app: App) -> str:
     app.drain_delay = 1.0
-    app.add_server(ProbeGRPC(lambda: bookstore_server(Bookstore()), port=0))
-    app.add_server(ProbeGateway("grpc", port=0, access_log=False))
+    app.lifecycle.observers.add(StopEvents())
+    app.add_server(GRPCServer(lambda: bookstore_server(Bookstore()), port=0))
+    app.add_server(GatewayServer("grpc", port=0, access_log=False))
     return "gateway"
 
 

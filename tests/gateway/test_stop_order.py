@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -14,6 +14,7 @@ from conftest import Service
 from gateway.bookstore_service import SLEEPY, Bookstore, bookstore_server, running
 from quiesce import App, ExitCode, GRPCServer
 from quiesce.gateway.server import GatewayServer
+from quiesce.observe import Observer
 
 MODULE = "tests.gateway.bookstore_service"
 Start = Callable[..., Service]
@@ -40,37 +41,28 @@ class Timeline:
                 await self.changed.wait()
 
 
-class TimedGRPC(GRPCServer):
-    timeline: Timeline
+class StopTimes(Observer):
+    """Puts each server's stop on the timeline: ``grpc stop began``, ``gateway stop ended``."""
 
-    async def stop(self, timeout: float) -> list[str]:
-        self.timeline.add("grpc stop began")
-        try:
-            return await super().stop(timeout)
-        finally:
-            self.timeline.add("grpc stop ended")
+    def __init__(self, timeline: Timeline) -> None:
+        self.timeline = timeline
 
+    def server_stop_began(self, server: str, in_flight: int | None) -> None:
+        self.timeline.add(f"{server} stop began")
 
-class TimedGateway(GatewayServer):
-    timeline: Timeline
-
-    async def stop(self, timeout: float) -> list[str]:
-        self.timeline.add("gateway stop began")
-        try:
-            return await super().stop(timeout)
-        finally:
-            self.timeline.add("gateway stop ended")
+    def server_stop_ended(self, server: str, in_flight: int | None, cut: Sequence[str]) -> None:
+        self.timeline.add(f"{server} stop ended")
 
 
 def store_app(
     servicer: Bookstore, timeline: Timeline, stop_timeout: float | None = None
 ) -> tuple[App, GatewayServer]:
-    grpc_server = TimedGRPC(lambda: bookstore_server(servicer), port=0)
-    gateway_server = TimedGateway("grpc", port=0, access_log=False, stop_timeout=stop_timeout)
-    grpc_server.timeline = gateway_server.timeline = timeline
+    grpc_server = GRPCServer(lambda: bookstore_server(servicer), port=0)
+    gateway = GatewayServer("grpc", port=0, access_log=False, stop_timeout=stop_timeout)
     # The gateway first: the order of declaration must not matter, depends_on decides.
-    app = App(name="store", servers=[gateway_server, grpc_server], stop_timeout=10)
-    return app, gateway_server
+    app = App(name="store", servers=[gateway, grpc_server], stop_timeout=10)
+    app.lifecycle.observers.add(StopTimes(timeline))
+    return app, gateway
 
 
 async def refused(url: str) -> bool:
