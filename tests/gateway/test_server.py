@@ -227,6 +227,20 @@ async def test_gateway_upstream_not_up_yet_answers_503_then_serves() -> None:
     assert app.report.exit_code == ExitCode.OK, app.report.to_text()
 
 
+async def test_gateway_serves_alone_without_an_app() -> None:
+    (port,) = free_ports(1)
+    gateway = GatewayServer(f"127.0.0.1:{port}", port=0, access_log=False)
+    await gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.endpoints()[0]) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            assert (await client.get("/v1/shelves/1/books/2")).status_code == 503
+    finally:
+        assert await gateway.stop(1.0) == []
+    with pytest.raises(ConfigError, match="upstream='grpc' is no server of this App"):
+        await GatewayServer("grpc", port=0).start()
+
+
 def test_gateway_defaults() -> None:
     gateway = GatewayServer("grpc")
     assert (gateway.host, gateway.port, gateway.name) == ("127.0.0.1", 8080, "gateway")

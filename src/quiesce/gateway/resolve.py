@@ -226,7 +226,7 @@ _D = TypeVar("_D", ServiceDescriptor, MethodDescriptor)
 
 def _find_service(name: str, pool: DescriptorPool | None) -> ServiceDescriptor | None:
     try:
-        return (pool or descriptor_pool.Default()).FindServiceByName(name)
+        return (descriptor_pool.Default() if pool is None else pool).FindServiceByName(name)
     except KeyError:
         return None
 

@@ -125,8 +125,9 @@ class GatewayServer(HTTPServer):
         self.timeout = timeout
         self.forward_headers = tuple(forward_headers)
         depends_on = tuple(depends_on)
-        if _kind(upstream) == "server" and upstream not in depends_on:
-            depends_on = (*depends_on, upstream)  # started first, stopped after the gateway
+        given: object = upstream  # typed str, but only check() says it is one
+        if isinstance(given, str) and _kind(given) == "server" and given not in depends_on:
+            depends_on = (*depends_on, given)  # started first, stopped after the gateway
         self._handler = _Handler()
         options = {"lifespan": "off", **uvicorn_options}
         super().__init__(
@@ -172,13 +173,17 @@ class GatewayServer(HTTPServer):
 
         """
         super().attach(lifecycle)
+        self._connect(lifecycle)
+
+    def _connect(self, lifecycle: Lifecycle | None) -> None:
+        """Set up the channels and the resolver for the upstream (nothing is dialled)."""
         where, upstream = self.where, self.upstream
         kind = _kind(upstream)
         server: object | None = None
         if kind == "server":
             from quiesce.servers.grpc import GRPCServer
 
-            server = lifecycle.find_server(upstream)
+            server = lifecycle.find_server(upstream) if lifecycle is not None else None
             if not isinstance(server, GRPCServer):
                 what = "no server" if server is None else f"a {type(server).__name__}"
                 raise ConfigError(
@@ -190,7 +195,7 @@ class GatewayServer(HTTPServer):
         elif kind == "target":
             self._channels = Upstream(upstream, lambda: upstream)
         else:
-            registry = lifecycle.registry
+            registry = lifecycle.registry if lifecycle is not None else None
             if not isinstance(registry, Discovery):
                 why = "the App has no registry" if registry is None else f"{registry!r} cannot"
                 raise ConfigError(
@@ -208,12 +213,14 @@ class GatewayServer(HTTPServer):
         """Open the channels (no dial: grpc connects at the first call), then serve HTTP.
 
         Raises:
+            ConfigError: started alone (not in an App) with a bad option, or an
+                upstream that only an App has (a server name, ``registry:``).
             StartError: as :meth:`HTTPServer.start`.
 
         """
-        if self._channels is None:  # started alone, without an App
+        if self.lifecycle is None:  # started alone, without an App
             self.check()
-            self.attach(Lifecycle())
+            self._connect(None)
         assert self._channels is not None
         self._handler.reset()
         await self._channels.open()
