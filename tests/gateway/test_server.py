@@ -190,11 +190,17 @@ async def test_gateway_explicit_routes_with_their_own_timeout(store: Running) ->
         assert "bookstore.Bookstore/Nothing" in body(unknown)["message"]
 
 
-async def test_gateway_keeps_the_http_server_probes(store: Running) -> None:
+async def test_gateway_keeps_the_http_server_probes_and_counts_arrivals(store: Running) -> None:
+    lifecycle = store.app.lifecycle
     async with httpx.AsyncClient(base_url=store.url) as client:
         ready = await client.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["status"] == "ready"
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"
+        before = lifecycle.arrivals  # the client's connection counted, the probe not
+        await client.get("/v1/shelves/1/books/2")
+        await client.get("/v1/nowhere")
+        # Each request is traffic for the drain, and so is the call the gRPC server got.
+        assert lifecycle.arrivals == before + 2 + 1
 
 
 async def test_gateway_upstream_not_up_yet_answers_503_then_serves() -> None:
