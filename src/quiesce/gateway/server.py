@@ -48,7 +48,13 @@ from quiesce.gateway.resolve import (
 )
 from quiesce.gateway.routes import Route
 from quiesce.gateway.transcode import request_message, response_json
-from quiesce.gateway.upstream import RegistryUpstream, Upstream
+from quiesce.gateway.upstream import (
+    RegistryUpstream,
+    Upstream,
+    bad_upstream,
+    loopback_target,
+    upstream_kind,
+)
 from quiesce.lifecycle import Lifecycle
 from quiesce.registry import Discovery
 from quiesce.servers.asgi import HTTPServer, Message, Receive, Scope, Send
@@ -126,7 +132,7 @@ class GatewayServer(HTTPServer):
         self.forward_headers = tuple(forward_headers)
         depends_on = tuple(depends_on)
         given: object = upstream  # typed str, but only check() says it is one
-        if isinstance(given, str) and _kind(given) == "server" and given not in depends_on:
+        if isinstance(given, str) and upstream_kind(given) == "server" and given not in depends_on:
             depends_on = (*depends_on, given)  # started first, stopped after the gateway
         self._handler = _Handler()
         options = {"lifespan": "off", **uvicorn_options}
@@ -152,7 +158,7 @@ class GatewayServer(HTTPServer):
         """
         super().check()
         where = self.where
-        if (why := _bad_upstream(self.upstream)) is not None:
+        if (why := bad_upstream(self.upstream)) is not None:
             raise ConfigError(f"{where}: upstream={self.upstream!r}: {why}")
         if self.timeout is not None:
             check_seconds({f"{where}: timeout": self.timeout})
@@ -178,7 +184,7 @@ class GatewayServer(HTTPServer):
     def _connect(self, lifecycle: Lifecycle | None) -> None:
         """Set up the channels and the resolver for the upstream (nothing is dialled)."""
         where, upstream = self.where, self.upstream
-        kind = _kind(upstream)
+        kind = upstream_kind(upstream)
         server: object | None = None
         if kind == "server":
             from quiesce.servers.grpc import GRPCServer
@@ -191,7 +197,7 @@ class GatewayServer(HTTPServer):
                     "GRPCServer of the App, a host:port, or registry:SERVICE"
                 )
             grpc_server = server
-            self._channels = Upstream(f"server {upstream!r}", lambda: _loopback(grpc_server))
+            self._channels = Upstream(f"server {upstream!r}", lambda: loopback_target(grpc_server))
         elif kind == "target":
             self._channels = Upstream(upstream, lambda: upstream)
         else:
@@ -384,38 +390,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         await send({"type": f"lifespan.{kind}.complete"})
         if kind == "shutdown":
             return
-
-
-def _kind(upstream: object) -> str:
-    """``server``, ``target`` (``host:port``) or ``registry`` (``registry:SERVICE``)."""
-    if not isinstance(upstream, str) or ":" not in upstream:
-        return "server"
-    return "registry" if upstream.startswith("registry:") else "target"
-
-
-def _bad_upstream(upstream: object) -> str | None:
-    """Why ``upstream`` is not a server name, a ``host:port`` or ``registry:SERVICE``; or None."""
-    forms = "must be a GRPCServer's name, host:port or registry:SERVICE"
-    if not isinstance(upstream, str) or not upstream.strip() or upstream != upstream.strip():
-        return forms
-    kind = _kind(upstream)
-    if kind == "registry":
-        return None if upstream.partition(":")[2] else "registry: needs a SERVICE name"
-    if kind == "server":
-        return None
-    host, _, port = upstream.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return "an IPv6 address is written [address]:port"
-    if not host or "/" in host:
-        return forms
-    if not port.isdigit() or not 0 < int(port) <= 65535:
-        return f"port {port!r} must be an integer from 1 to 65535"
-    return None
-
-
-def _loopback(server: Any) -> str:
-    """``host:port`` to call a GRPCServer of this process on: loopback for a wildcard bind."""
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
-    return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"

@@ -13,6 +13,9 @@ Opening a channel dials nothing: grpc connects on the first call. The
 reconnect backoff is capped at one second (grpc's default grows to two
 minutes), so that an upstream that comes up late is used within about the
 ``Retry-After: 1`` the gateway answers meanwhile.
+
+The three forms of ``upstream=`` (a ``GRPCServer``'s name, ``host:port``,
+``registry:SERVICE``) are told apart and checked here too.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ import grpc
 from quiesce.backoff import backoff_delay
 from quiesce.registry import Discovery, Instance
 
-__all__ = ["CHANNEL_OPTIONS", "Member", "RegistryUpstream", "Upstream", "grpc_endpoint"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "Member",
+    "RegistryUpstream",
+    "Upstream",
+    "bad_upstream",
+    "grpc_endpoint",
+    "loopback_target",
+    "upstream_kind",
+]
 
 logger = logging.getLogger("quiesce.gateway")
 
@@ -255,3 +267,38 @@ async def _close(member: Member, grace: float) -> None:
         # The gateway's stop closes what is still closing: at once, then stop waiting.
         await member.channel.close(None)
         raise
+
+
+def upstream_kind(upstream: object) -> str:
+    """``server``, ``target`` (``host:port``) or ``registry`` (``registry:SERVICE``)."""
+    if not isinstance(upstream, str) or ":" not in upstream:
+        return "server"
+    return "registry" if upstream.startswith("registry:") else "target"
+
+
+def bad_upstream(upstream: object) -> str | None:
+    """Why ``upstream`` is not a server name, a ``host:port`` or ``registry:SERVICE``; or None."""
+    forms = "must be a GRPCServer's name, host:port or registry:SERVICE"
+    if not isinstance(upstream, str) or not upstream.strip() or upstream != upstream.strip():
+        return forms
+    kind = upstream_kind(upstream)
+    if kind == "registry":
+        return None if upstream.partition(":")[2] else "registry: needs a SERVICE name"
+    if kind == "server":
+        return None
+    host, _, port = upstream.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return "an IPv6 address is written [address]:port"
+    if not host or "/" in host:
+        return forms
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        return f"port {port!r} must be an integer from 1 to 65535"
+    return None
+
+
+def loopback_target(server: Any) -> str:
+    """``host:port`` to call a GRPCServer of this process on: loopback for a wildcard bind."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+    return f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
