@@ -7,12 +7,17 @@ run`` or a ``--command``, a real SIGTERM, real sockets on loopback.
 from __future__ import annotations
 
 import re
+import select
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from drill.run import SHORT, drill, python_command
+from cli.proc import environment
+from drill.run import DEADLINE, ROOT, SHORT, drill, python_command
 
 #: The demo's gRPC port is free of collisions at 0; its HTTP port is the drill's.
 DEMO_ENV = {"SHOP_GRPC_PORT": "0"}
@@ -83,6 +88,61 @@ def test_drill_service_never_ready_ends_within_ready_timeout_in_one_line() -> No
     assert "not ready within 1s (--ready-timeout)" in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
-    # The sleeper was killed, not left behind.
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
-    assert marker not in ps.stdout
+    assert not _running(marker)  # the sleeper was killed, not left behind
+
+
+def test_drill_sigterm_ends_it_and_every_service_it_started() -> None:
+    marker = f"interrupted-{uuid.uuid4().hex}"  # in the services' command lines only
+    command = python_command("tests/drill/dies.py", "{port}", marker)
+    argv = [sys.executable, "-m", "quiesce", "drill", "--command", command, "--instances", "2"]
+    with subprocess.Popen(
+        [*argv, "--duration", "30", "--signal-at", "20"],
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            # The first progress line: the load is on, both instances serve.
+            first = _line_within(proc.stderr, "drill +", DEADLINE)
+            assert _running(marker)  # the instances it started
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM, first
+            rest = proc.stderr.read()
+        finally:
+            proc.kill()
+    assert "quiesce drill: interrupted (SIGTERM); every service it started was stopped" in rest
+    assert "Traceback" not in rest
+    assert not _running(marker)
+
+
+def _line_within(stream: IO[str], prefix: str, timeout: float) -> str:
+    """The first line of ``stream`` starting with ``prefix``, read within ``timeout``.
+
+    select() sees only what the pipe holds, not the stream's buffer: fine for the drill's
+    stderr in a log, whose first line is its first progress line.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([stream], [], [], left)
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"no line starting {prefix!r} within {timeout}s")
+
+
+def _running(marker: str) -> bool:
+    """Whether a process has ``marker`` in its command line (read whole, from /proc)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                return True
+        except OSError:  # it ended while we looked
+            continue
+    return False

@@ -148,8 +148,10 @@ def command(target: str | None, as_json: bool, html: Path | None, **options: Any
 
     try:
         verdict = asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        _fail("interrupted; every service it started was stopped", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted (Ctrl+C); every service it started was stopped", 130)
+    except asyncio.CancelledError:
+        _fail("interrupted (SIGTERM); every service it started was stopped", 128 + signal.SIGTERM)
     except ConfigError as exc:
         _fail(str(exc))
     except DrillError as exc:
