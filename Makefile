@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_stop.py
 	$(BIN)/python bench/http_throughput.py
 	$(BIN)/python bench/cli_run.py
+	$(BIN)/python bench/gateway_throughput.py
 	$(BIN)/python bench/http_throughput.py 8 2 --log file
 	$(BIN)/python bench/http_throughput.py 8 2 --log slowpipe
 	$(BIN)/python bench/rolling_restart.py

@@ -12,13 +12,14 @@ Goals: throughput >= 0.98x the CLI; the idle stop no slower.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from http_throughput import main as throughput
 from stoptime import compare
 
 PY = sys.executable
 TARGET = "bench/stop_targets.py"
-KINDS = {
+KINDS: dict[str, list[str]] = {
     "quiesce-run": [PY, TARGET, "quiesce-run"],
     "uvicorn-cli": [PY, TARGET, "uvicorn-cli"],
 }
@@ -29,4 +30,4 @@ if __name__ == "__main__":
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     throughput(pairs, seconds, KINDS)
     print("idle stop (SIGTERM to exit):")
-    compare(KINDS, rounds, baseline="uvicorn-cli")
+    compare(dict[str, Sequence[str]](KINDS), rounds, baseline="uvicorn-cli")

@@ -20,6 +20,7 @@ EXPECTED = [
     "Drain",
     "ExitCode",
     "GRPCServer",
+    "GatewayServer",
     "Guard",
     "HTTPServer",
     "Instance",

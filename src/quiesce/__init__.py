@@ -29,6 +29,7 @@ from quiesce.servers import BaseServer, Server
 from quiesce.tasks import Guard, PeriodicJob
 
 if TYPE_CHECKING:
+    from quiesce.gateway.server import GatewayServer
     from quiesce.servers.admin import AdminServer
     from quiesce.servers.asgi import HTTPServer
     from quiesce.servers.grpc import GRPCServer
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 # use, so that `import quiesce` stays light and works without the optional extras.
 _LAZY = {
     "AdminServer": "quiesce.servers.admin",
+    "GatewayServer": "quiesce.gateway.server",
     "HTTPServer": "quiesce.servers.asgi",
     "GRPCServer": "quiesce.servers.grpc",
 }
@@ -64,6 +66,7 @@ __all__ = [
     "Drain",
     "ExitCode",
     "GRPCServer",
+    "GatewayServer",
     "Guard",
     "HTTPServer",
     "Instance",
