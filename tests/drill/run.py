@@ -51,13 +51,20 @@ def drill(*args: str, env: dict[str, str] | None = None) -> Drill:
     try:
         out, err = proc.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
+        end(proc)
+        raise AssertionError(f"the drill did not end within {DEADLINE}s") from None
+    return Drill(proc.returncode, out, err)
+
+
+def end(proc: subprocess.Popen[str]) -> None:
+    """End a drill that still runs as CI would: SIGTERM (it stops its services), then SIGKILL."""
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            out, err = proc.communicate(timeout=15)
-        finally:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        raise AssertionError(f"the drill did not end within {DEADLINE}s:\n{out}\n{err}") from None
-    return Drill(proc.returncode, out, err)
+            proc.communicate()
 
 
 def python_command(*args: str) -> str:

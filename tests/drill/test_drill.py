@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cli.proc import environment
-from drill.run import DEADLINE, ROOT, SHORT, drill, python_command
+from drill.run import DEADLINE, ROOT, SHORT, drill, end, python_command
 
 #: The demo's gRPC port is free of collisions at 0; its HTTP port is the drill's.
 DEMO_ENV = {"SHOP_GRPC_PORT": "0"}
@@ -112,7 +112,7 @@ def test_drill_sigterm_ends_it_and_every_service_it_started() -> None:
             assert proc.wait(timeout=DEADLINE) == 128 + signal.SIGTERM, first
             rest = proc.stderr.read()
         finally:
-            proc.kill()
+            end(proc)  # after a failed assertion above: never leave its services behind
     assert "quiesce drill: interrupted (SIGTERM); every service it started was stopped" in rest
     assert "Traceback" not in rest
     assert not _running(marker)

@@ -140,7 +140,7 @@ def command(target: str | None, as_json: bool, html: Path | None, **options: Any
 
     async def main() -> Verdict:
         # SIGTERM (a CI job cancelled) ends the drill as Ctrl+C does: through its
-        # cleanup, which kills every service it started (they run in sessions of their own).
+        # cleanup, which kills every service it started and removes its directory.
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)

@@ -12,10 +12,12 @@ exit code is the service's, not a shell's. Its placeholders:
 - ``{registry}`` and ``{name}``: the registry URL and service name, for a
   command that registers itself; one that does not is registered by the drill.
 
-A command is ready when ``GET <path>`` answers at all. Each process runs in a
-session of its own (the terminal's Ctrl+C reaches the drill only, which then
-kills what it started) with its output in a file of the drill's private
-directory; the last line of it explains a service that exits before it is ready.
+A command is ready when ``GET <path>`` answers at all. Each process stays in
+the drill's process group, so that whoever kills that group (a CI runner
+cancelling the job, even with SIGKILL) kills the services too; the drill
+itself kills them when it ends or is interrupted. Their output goes to a file
+of the drill's private directory; its last line explains a service that exits
+before it is ready.
 """
 
 from __future__ import annotations
@@ -235,7 +237,6 @@ async def start(launch: Launch, label: str, port: int) -> Service:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
-            start_new_session=True,
         )
     except OSError as exc:
         raise ConfigError(f"--command: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
