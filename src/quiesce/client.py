@@ -63,9 +63,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("quiesce.client needs httpx: pip install 'quiesce[client]'") from exc
 
-from quiesce.backoff import backoff_delay
 from quiesce.errors import ConfigError
 from quiesce.registry import Discovery, Instance, from_url
+from quiesce.registry.following import follow
 from quiesce.rotation import Rotation, Target, http_endpoint
 
 __all__ = [
@@ -339,28 +339,18 @@ class DiscoveryTransport(httpx.AsyncBaseTransport):
 
     async def _follow(self) -> None:
         """Keep the rotation equal to the watch's latest list for the life of the transport."""
-        failures = 0
-        while True:
-            try:
-                async with self.discovery.watch(self.service) as watch:
-                    async for instances in watch:
-                        if failures:
-                            logger.warning("%r: watching works again", self)
-                            failures = 0
-                            self._watch_error = None
-                        self._rotation.update(instances)
-                reason: BaseException = RuntimeError("the watch ended")
-            except Exception as exc:
-                reason = exc
-            # The rotation keeps its last list meanwhile: instances rarely all go at once,
-            # and a dead one is still retried around and ejected.
-            failures += 1
-            self._watch_error = reason
-            if failures == 1:
-                logger.warning("%r: watch failing, retrying: %r", self, reason)
-            await asyncio.sleep(
-                backoff_delay(failures, first=_WATCH_BACKOFF_FIRST, cap=_WATCH_BACKOFF_CAP)
-            )
+        await follow(
+            self.discovery,
+            self.service,
+            self._rotation.update,
+            who=repr(self),
+            failing=self._watching,
+            first=_WATCH_BACKOFF_FIRST,
+            cap=_WATCH_BACKOFF_CAP,
+        )
+
+    def _watching(self, error: BaseException | None) -> None:
+        self._watch_error = error
 
 
 class AsyncClient(httpx.AsyncClient):

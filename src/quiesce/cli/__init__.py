@@ -28,8 +28,9 @@ class _Lazy(click.Group):
     ) -> NoReturn:
         """Run; a usage error or a bad option is one line on stderr and exit 2, never more."""
         try:
-            super().main(args, prog_name, standalone_mode=False, **extra)
-            sys.exit(0)
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+            # Not standalone, click returns a subcommand's ctx.exit(n) instead of exiting.
+            sys.exit(code if isinstance(code, int) else 0)
         except click.UsageError as exc:
             where = f"{exc.ctx.command_path}: " if exc.ctx is not None else "quiesce: "
             click.echo(f"{where}{exc.format_message()}", err=True)

@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 
-from quiesce.backoff import backoff_delay
 from quiesce.registry import Discovery, Instance
+from quiesce.registry.following import follow
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -214,26 +214,18 @@ class RegistryUpstream:
             await asyncio.wait(late, timeout=CLOSE_MARGIN)
 
     async def _follow(self) -> None:
-        failures = 0
-        while True:
-            try:
-                async with self.discovery.watch(self.service) as watch:
-                    async for instances in watch:
-                        if failures:
-                            logger.warning("gateway %s: watching works again", self.describe)
-                            failures, self._watch_error = 0, None
-                        self.update(instances)
-                reason: BaseException = RuntimeError("the watch ended")
-            except Exception as exc:
-                reason = exc
-            # The rotation keeps its last list meanwhile: instances rarely all go at once.
-            failures += 1
-            self._watch_error = reason
-            if failures == 1:
-                logger.warning("gateway %s: watch failing, retrying: %r", self.describe, reason)
-            await asyncio.sleep(
-                backoff_delay(failures, first=WATCH_BACKOFF_FIRST, cap=WATCH_BACKOFF_CAP)
-            )
+        await follow(
+            self.discovery,
+            self.service,
+            self.update,
+            who=f"gateway {self.describe}",
+            failing=self._watching,
+            first=WATCH_BACKOFF_FIRST,
+            cap=WATCH_BACKOFF_CAP,
+        )
+
+    def _watching(self, error: BaseException | None) -> None:
+        self._watch_error = error
 
 
 def grpc_endpoint(instance: Instance) -> tuple[str, bool] | None:
