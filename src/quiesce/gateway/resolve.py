@@ -68,6 +68,8 @@ ExplicitRoutes = list[tuple[Route, float | None]]
 RESOLVE_TIMEOUT = 2.0
 #: How long resolving waits for the registry's first instance.
 PICK_TIMEOUT = 1.0
+#: How often listing the upstream's services is tried when grpc's core fails it (INTERNAL).
+LIST_ATTEMPTS = 3
 #: Services never mapped: grpc's own (health, reflection, channelz).
 _GRPC_OWN = "grpc."
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
@@ -195,12 +197,19 @@ class Resolver:
             return found
         if member is None:
             raise unavailable(self.upstream.why_none())
-        try:
-            listed = await list_services(member.channel, RESOLVE_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                raise _unreachable(member, exc) from None
-            listed = imported_services()  # no reflection: what the application imported
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                listed = await list_services(member.channel, RESOLVE_TIMEOUT)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    listed = imported_services()  # no reflection: what the app imported
+                    break
+                # grpc's core answers a reflection stream on a fresh channel now and then
+                # with INTERNAL ("Internal error from Core"), then serves the next: ask
+                # again rather than fail every request waiting on this resolution.
+                if exc.code() is not grpc.StatusCode.INTERNAL or attempt == LIST_ATTEMPTS - 1:
+                    raise _unreachable(member, exc) from None
         return [n for n in listed if not n.startswith(_GRPC_OWN)]
 
     async def _find(
