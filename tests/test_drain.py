@@ -147,8 +147,10 @@ async def test_http_requests_hold_the_drain_until_max(http_app: tuple[App, HTTPS
             async with httpx.AsyncClient() as client:
                 try:
                     await client.get(url)
-                except httpx.ConnectError:
-                    return  # the listener closed after the drain
+                except httpx.TransportError:
+                    # The drain is over and the server stops: refused, or a connection
+                    # accepted just as the listener closed. Not what this test judges.
+                    return
             await asyncio.sleep(0.03)
 
     took, note = await drained(app)
