@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quiesce import App, ExitCode, HTTPServer, Outcome
+from quiesce.servers.asgi import NEW_CONNECTION_GRACE
 from quiesce.servers.uvicorn_parts import ConnectionSet
 
 # The WebSocket implementations uvicorn 0.54 can serve here. Its deprecated legacy one,
@@ -224,3 +225,61 @@ async def test_stop_response_read_within_the_budget_is_delivered_whole() -> None
         cut = await server.stop(10.0)
     assert cut == []
     assert await asyncio.wait_for(reader, 5) == BIG
+
+
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    headers = [(b"content-length", b"5")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_connection_accepted_just_before_the_stop_still_gets_its_answer(
+    http: str,
+) -> None:
+    # A client connected as the stop began: its request is on its way. Closing the
+    # connection as idle loses that request; like Go's Shutdown, a new connection gets
+    # a moment to send it, and its answer says Connection: close.
+    server = HTTPServer(hello, port=0, http=http, lifespan="off", access_log=False)
+    await server.start()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        async with asyncio.timeout(5):
+            # Accepted by the server (a few loop turns after the client's connect), no
+            # request yet: no event says so, so the count is polled, bounded.
+            while not server._connections:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+        stopping = asyncio.create_task(server.stop(5.0))
+        # One turn: the stop runs up to its first wait, having closed the listener and
+        # shut the idle connections (all of it synchronous).
+        await asyncio.sleep(0)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # until the server closes it, after the answer
+        cut = await stopping
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    assert b"connection: close" in head.lower(), answer
+    assert body == b"hello"
+    assert cut == []
+
+
+async def test_a_new_connection_that_never_sends_is_closed_after_its_grace() -> None:
+    server = HTTPServer(hello, port=0, lifespan="off", access_log=False)
+    await server.start()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        async with asyncio.timeout(5):
+            while not server._connections:  # noqa: ASYNC110  (as above)
+                await asyncio.sleep(0.001)
+        began = time.monotonic()
+        cut = await server.stop(10.0)
+        took = time.monotonic() - began
+        assert await reader.read() == b""  # closed, without an answer: nothing was asked
+    finally:
+        writer.close()
+    assert cut == []
+    assert NEW_CONNECTION_GRACE <= took < NEW_CONNECTION_GRACE + 0.5

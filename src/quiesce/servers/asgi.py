@@ -56,6 +56,10 @@ CUT_GRACE = 0.1
 HEADER_REFRESH = 1.0
 #: Bound on uvicorn's listener ``wait_closed()``, which on 3.12+ waits for connections.
 WAIT_CLOSED_TIMEOUT = 0.2
+#: At the stop, how long a connection that has not sent its first request yet gets to send
+#: it (counted from its accept): its client may have sent it already. Go's Shutdown treats
+#: new connections the same way (idle only after 5 s); longer ones are closed as idle.
+NEW_CONNECTION_GRACE = 0.5
 
 
 class HTTPServer(ListeningServer):
@@ -227,10 +231,17 @@ class HTTPServer(ListeningServer):
         self._gate.draining = True
         for listener in server.servers:
             listener.close()
-        # Idle keep-alive connections close now; busy ones after their current response.
+        # Idle keep-alive connections close now; busy ones after their current response;
+        # new ones once they answered their first request, or are NEW_CONNECTION_GRACE old.
         # WebSockets are left to their handlers, which watch app.stopping, until the timeout.
+        loop = asyncio.get_running_loop()
         for connection in list(self._connections):
-            if hasattr(connection, "cycle"):
+            if not hasattr(connection, "cycle"):
+                continue
+            young = NEW_CONNECTION_GRACE - self._connections.age(connection)
+            if connection.cycle is None and young > 0:
+                loop.call_later(young, self._shut_if_open, connection)
+            else:
                 connection.shutdown()
         cut: list[str] = []
         try:
@@ -290,6 +301,11 @@ class HTTPServer(ListeningServer):
         if self.port in (0, self._picked_port):
             self._picked_port = self.port = sock.getsockname()[1]
         return sock
+
+    def _shut_if_open(self, connection: Any) -> None:
+        """Close a connection that had its grace (idle), or end it after its answer."""
+        if connection in self._connections:
+            connection.shutdown()
 
     async def _cut(self, server: uvicorn.Server) -> list[str]:
         cut: list[str] = []

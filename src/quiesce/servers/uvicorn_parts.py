@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, MutableSet
 from typing import Any
 
@@ -149,13 +150,14 @@ class ConnectionSet(MutableSet[Any]):
     Not a ``set`` subclass: one of those wakes the stop only from the methods it
     overrides (uvicorn's WebSocket protocols leave with ``remove()``, which a
     subclass of ``set`` overriding ``discard()`` never saw). Here the items live
-    in a private set that only :meth:`add` and :meth:`discard` touch, and every
+    in a private dict (with when each was accepted) that only :meth:`add` and
+    :meth:`discard` touch, and every
     other way out (remove, pop, clear, -=, &=, ^=, the ``*_update`` methods)
     goes through :meth:`discard`, so the event cannot miss.
     """
 
     def __init__(self, on_add: Callable[[], None] | None = None) -> None:
-        self._items: set[Any] = set()
+        self._items: dict[Any, float] = {}  # each connection, with when it was accepted
         self._empty = asyncio.Event()
         self._empty.set()
         self._on_add = on_add  # a new connection is an arrival (Lifecycle.arrived)
@@ -175,14 +177,14 @@ class ConnectionSet(MutableSet[Any]):
 
     def add(self, item: Any) -> None:
         """Add a connection (uvicorn calls this in ``connection_made``)."""
-        self._items.add(item)
+        self._items[item] = time.monotonic()
         self._empty.clear()
         if self._on_add is not None:
             self._on_add()
 
     def discard(self, item: Any) -> None:
         """Remove a connection if present; every other way out comes through here."""
-        self._items.discard(item)
+        self._items.pop(item, None)
         if not self._items:
             self._empty.set()
 
@@ -199,6 +201,11 @@ class ConnectionSet(MutableSet[Any]):
     def symmetric_difference_update(self, other: Iterable[Any]) -> None:
         """Remove those in ``other``, add those only there (as :class:`set` does)."""
         self ^= set(other)
+
+    def age(self, item: Any) -> float:
+        """Seconds since ``item`` was accepted (0 for one not here)."""
+        added = self._items.get(item)
+        return 0.0 if added is None else time.monotonic() - added
 
     async def wait_empty(self) -> None:
         """Return once no connection is left (at once when none is)."""
