@@ -57,7 +57,8 @@ from quiesce.gateway.upstream import (
 )
 from quiesce.lifecycle import Lifecycle
 from quiesce.registry import Discovery
-from quiesce.servers.asgi import HTTPServer, Message, Receive, Scope, Send
+from quiesce.servers.asgi import HTTPServer
+from quiesce.servers.gate import Message, Receive, Scope, Send
 
 __all__ = ["GatewayServer"]
 

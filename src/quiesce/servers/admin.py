@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from quiesce.lifecycle import Lifecycle
 from quiesce.metrics import CONTENT_TYPE, Metrics
-from quiesce.servers.asgi import HTTPServer, Receive, Scope, Send
+from quiesce.servers.asgi import HTTPServer
+from quiesce.servers.gate import Receive, Scope, Send
 
 __all__ = ["AdminServer"]
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
 from quiesce.errors import ConfigError, StartError
 from quiesce.lifecycle import Lifecycle
+from quiesce.servers.gate import ASGIApp, Gate
 from quiesce.servers.listening import ListeningServer
 from quiesce.servers.uvicorn_parts import (
     ConnectionSet,
@@ -39,11 +39,6 @@ from quiesce.servers.uvicorn_parts import (
 
 __all__ = ["HTTPServer"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("quiesce.http")
 
@@ -106,7 +101,7 @@ class HTTPServer(ListeningServer):
         self._picked_port: int | None = None  # the port the system chose for port=0
         self.uvicorn_options = {"log_config": None, **uvicorn_options}
         self.scheme = "https" if self.uvicorn_options.get("ssl_certfile") else "http"
-        self._gate = _Gate(asgi_app, health_path, ready_path)
+        self._gate = Gate(asgi_app, health_path, ready_path)
         self._uvicorn_config: uvicorn.Config | None = None
         self._server: uvicorn.Server | None = None
         self._stopping: uvicorn.Server | None = None
@@ -341,99 +336,3 @@ class HTTPServer(ListeningServer):
                 self._exited.set()
                 return
             await asyncio.sleep(HEADER_REFRESH)
-
-
-class _Gate:
-    """The ASGI app uvicorn runs: health and readiness first, then the user's app."""
-
-    __slots__ = (
-        "app",
-        "arrived",
-        "cutting",
-        "draining",
-        "health_path",
-        "lifecycle",
-        "lifespan_error",
-        "ready_path",
-    )
-
-    def __init__(self, app: ASGIApp, health_path: str | None, ready_path: str | None) -> None:
-        self.app = app
-        self.health_path = health_path
-        self.ready_path = ready_path
-        self.lifecycle: Lifecycle | None = None
-        #: The lifecycle's ``arrived`` while it counts this server's traffic, else None.
-        self.arrived: Callable[[], None] | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the previous run: serving, not draining."""
-        self.draining = False
-        self.cutting = False
-        #: What the app's lifespan raised: uvicorn keeps only its text (Starlette's case).
-        self.lifespan_error: BaseException | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path == self.ready_path:
-                return await self._probe(send, ready=True)
-            if path == self.health_path:
-                return await self._probe(send, ready=False)
-            if self.draining:
-                send = _closing(send)
-        if (arrived := self.arrived) is not None and scope["type"] != "lifespan":
-            arrived()
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            if not self.cutting:
-                raise
-            # Cut by the stop timeout: end the request quietly, WebSockets with 1001.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            if scope["type"] == "websocket":
-                with contextlib.suppress(Exception):
-                    await send({"type": "websocket.close", "code": 1001, "reason": "stopping"})
-        except Exception as exc:
-            if scope["type"] == "lifespan":
-                self.lifespan_error = exc
-            raise
-
-    async def _probe(self, send: Send, *, ready: bool) -> None:
-        lifecycle = self.lifecycle
-        state = lifecycle.state.value if lifecycle is not None else "running"
-        if ready:
-            ok = not self.draining and (lifecycle is None or lifecycle.is_serving)
-            body = {"status": "ready" if ok else "not ready", "state": state}
-        else:
-            ok = True
-            body = {"status": "alive", "state": state}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200 if ok else 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-
-def _closing(send: Send) -> Send:
-    """Wrap ``send`` so the response carries ``Connection: close`` (only while draining)."""
-
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            if not any(name.lower() == b"connection" for name, _ in headers):
-                headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return closing_send
