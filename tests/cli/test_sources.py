@@ -7,6 +7,7 @@ source) run in this process with click's CliRunner, in a tmp_path cwd;
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -293,3 +294,16 @@ def test_check_config_admin_port_adds_the_admin_server(cli: Cli) -> None:
     assert result.stdout.splitlines()[0] == (
         "ok: svc:asgi would serve http (http://127.0.0.1:8000), admin (http://127.0.0.1:9191)"
     )
+
+
+def test_a_misspelt_variable_is_warned_about_and_changes_nothing(
+    cli: Cli, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"QUIESCE_STOP_TIMOUT": "3", "QUIESCE_SLOW": "1"}  # a typo, and another tool's own
+    with caplog.at_level(logging.WARNING, logger="quiesce.cli"):
+        shown = printed(cli, "svc:asgi", env=env)
+    assert shown["stop_timeout"] == ("30.0", "default")
+    assert [r.getMessage() for r in caplog.records if r.name == "quiesce.cli"] == [
+        "environment QUIESCE_STOP_TIMOUT is not a quiesce option "
+        "(did you mean QUIESCE_STOP_TIMEOUT?)"
+    ]

@@ -51,6 +51,11 @@ def parse(option: Option, raw: object, source: str) -> Setting:
         raise OptionError(f"{option.flag} ({source}): {raw!r}: {exc}") from None
 
 
+def by_env_name(name: str) -> str:
+    """``stop_timeout`` -> ``QUIESCE_STOP_TIMEOUT``."""
+    return "QUIESCE_" + name.upper()
+
+
 def _suggest(key: str) -> str:
     names = [o.name for o in OPTIONS if not o.action and o.name != "config"]
     close = difflib.get_close_matches(key, names, n=1)
@@ -129,7 +134,17 @@ def gather(
             continue
         option = known.get(variable[len(prefix) :].lower())
         if option is None or option.action:
-            continue  # QUIESCE_* of other tools (and of our tests) are left alone
+            # QUIESCE_* of other tools (and of our tests) are left alone; a near miss of an
+            # option's name is a typo that would silently change nothing: say it.
+            names = [o.name for o in OPTIONS if not o.action and o.name != "config"]
+            meant = difflib.get_close_matches(variable[len(prefix) :].lower(), names, 1, 0.85)
+            if meant:
+                logger.warning(
+                    "environment %s is not a quiesce option (did you mean %s?)",
+                    variable,
+                    by_env_name(meant[0]),
+                )
+            continue
         settings[option.name] = parse(option, raw, f"env {variable}")
     for name, raw in flags.items():
         settings[name] = parse(known[name], raw, "flag")
