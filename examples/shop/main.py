@@ -1,4 +1,4 @@
-"""The demo shop: an HTTP API and a gRPC service in one process, stopped without losing work.
+"""The demo shop: HTTP, gRPC and a JSON gateway in one process, stopped without losing work.
 
 ``make demo`` runs it. Then, in another terminal::
 
@@ -6,11 +6,13 @@
     curl -s -XPOST localhost:8000/orders -d '{"item": "book"}'      # an order; its receipt follows
     curl -s localhost:8000/orders                                   # every order so far
     curl -s 'localhost:8000/slow?seconds=3'                         # a slow request: try Ctrl+C now
+    curl -s -XPOST localhost:8080/v1/orders -d '{"item": "pen", "quantity": 2}'  # JSON -> gRPC
 
-Press Ctrl+C: readiness turns 503 and gRPC health NOT_SERVING at once, both
+Press Ctrl+C: readiness turns 503 and gRPC health NOT_SERVING at once, the
 servers keep serving for the 2 s drain delay (responses say ``Connection:
-close``), then stop; the slow request and the receipts still being "mailed"
-finish; the price refresher stops between runs; the report is printed.
+close``), then stop — the gateway before the gRPC server it calls; the slow
+request and the receipts still being "mailed" finish; the price refresher
+stops between runs; the report is printed.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from quiesce import App, GRPCServer, HTTPServer
+from quiesce import App, GatewayServer, GRPCServer, HTTPServer
 
 log = logging.getLogger("shop")
 
 HOST = "127.0.0.1"
 HTTP_PORT = int(os.environ.get("SHOP_HTTP_PORT", 8000))
 GRPC_PORT = int(os.environ.get("SHOP_GRPC_PORT", 50051))
+GATEWAY_PORT = int(os.environ.get("SHOP_GATEWAY_PORT", 8080))
 
 app = App(name="shop", version="1.0.0", metadata={"zone": "local"}, drain_delay=2.0)
 
@@ -159,6 +162,9 @@ def make_grpc_server() -> grpc.aio.Server:
 
 app.add_server(HTTPServer(api, host=HOST, port=HTTP_PORT, name="http"))
 app.add_server(GRPCServer(make_grpc_server, host=HOST, port=GRPC_PORT, name="grpc"))
+# JSON over HTTP in front of the gRPC service: it depends on "grpc", so it stops first.
+routes = {"POST /v1/orders": "shop.Shop/PlaceOrder"}
+app.add_server(GatewayServer("grpc", routes=routes, host=HOST, port=GATEWAY_PORT, name="gateway"))
 
 
 # -- jobs and hooks -----------------------------------------------------------------------------

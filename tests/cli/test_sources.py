@@ -307,3 +307,18 @@ def test_a_misspelt_variable_is_warned_about_and_changes_nothing(
         "environment QUIESCE_STOP_TIMOUT is not a quiesce option "
         "(did you mean QUIESCE_STOP_TIMEOUT?)"
     ]
+
+
+def test_server_options_go_to_the_http_server_named_http_beside_others(cli: Cli) -> None:
+    cli.write(
+        "two_named.py",
+        "from quiesce import App, HTTPServer\n"
+        "from svc import asgi\n"
+        "app = App(name='x', servers=[HTTPServer(asgi, name='http', port=8123),\n"
+        "                             HTTPServer(asgi, name='gateway', port=8124)])\n",
+    )
+    result = cli("two_named:app", "--port", "9000", "--check-config")
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert "http (http://127.0.0.1:9000)" in first
+    assert "gateway (http://127.0.0.1:8124)" in first

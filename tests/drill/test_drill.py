@@ -20,7 +20,7 @@ from cli.proc import environment
 from drill.run import DEADLINE, ROOT, SHORT, drill, end, python_command
 
 #: The demo's gRPC port is free of collisions at 0; its HTTP port is the drill's.
-DEMO_ENV = {"SHOP_GRPC_PORT": "0"}
+DEMO_ENV = {"SHOP_GRPC_PORT": "0", "SHOP_GATEWAY_PORT": "0"}
 
 
 def test_drill_demo_passes_and_reports_its_stop() -> None:

@@ -61,7 +61,8 @@ def test_drill_unimportable_target_is_the_services_exit_2_in_one_line() -> None:
 
 def test_drill_path_the_service_does_not_serve_is_exit_2() -> None:
     # The demo has no route at /: every request would be a 404, a bad option, not a finding.
-    result = drill("examples/shop/main.py:app", *SHORT, env={"SHOP_GRPC_PORT": "0"})
+    env = {"SHOP_GRPC_PORT": "0", "SHOP_GATEWAY_PORT": "0"}
+    result = drill("examples/shop/main.py:app", *SHORT, env=env)
     assert result.code == 2, result
     last = result.stderr.splitlines()[-1]
     assert last == (

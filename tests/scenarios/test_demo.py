@@ -44,13 +44,23 @@ def stop_with_ctrl_c(proc: subprocess.Popen[str], lines: list[str]) -> str:
 
 
 def test_shop_demo_serves_http_and_grpc_then_stops_cleanly_on_ctrl_c() -> None:
-    http_port, grpc_port = free_ports(2)
+    http_port, grpc_port, gateway_port = free_ports(3)
     proc, lines = start_example(
-        "shop/main.py", "shop ready", SHOP_HTTP_PORT=str(http_port), SHOP_GRPC_PORT=str(grpc_port)
+        "shop/main.py",
+        "shop ready",
+        SHOP_HTTP_PORT=str(http_port),
+        SHOP_GRPC_PORT=str(grpc_port),
+        SHOP_GATEWAY_PORT=str(gateway_port),
     )
     try:
         created = httpx.post(f"http://127.0.0.1:{http_port}/orders", json={"item": "book"})
         assert created.status_code == 201
+        # The gateway: JSON in, the gRPC method called, JSON out (camelCase, as grpc-gateway).
+        through = httpx.post(
+            f"http://127.0.0.1:{gateway_port}/v1/orders", json={"item": "pen", "quantity": 2}
+        )
+        assert through.status_code == 200, through.text
+        assert through.json()["item"] == "pen"
         sys.path.insert(0, str(ROOT / "examples/shop"))
         import shop_pb2
         import shop_pb2_grpc

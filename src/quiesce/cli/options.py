@@ -135,7 +135,7 @@ OPTIONS = (
     Option("target", _target, None, "what to serve: module:attr or file.py:attr", "TARGET"),
     Option("factory", _switch, False, "TARGET is a callable (sync or async) that returns it"),
     Option("app_dir", _text, ".", "look for TARGET's module in this folder first", "DIR"),
-    Option("host", _text, "127.0.0.1", "the HTTP server's address", "HOST"),
+    Option("host", _text, "127.0.0.1", "the HTTP server's address (of several: 'http')", "HOST"),
     Option("port", _port, 8000, "the HTTP server's port (0: any free one)", "PORT"),
     Option("grpc", _target, None, "also serve this grpc.aio.Server (or factory)", "TARGET"),
     Option("grpc_port", _port, 50051, "the gRPC server's port", "PORT"),

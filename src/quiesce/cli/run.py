@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -26,6 +26,9 @@ from quiesce.cli.target import TargetError, is_asgi, load
 from quiesce.errors import ConfigError
 from quiesce.process import configure_logging
 from quiesce.registry import redact
+
+if TYPE_CHECKING:
+    from quiesce.servers.asgi import HTTPServer
 
 __all__ = ["command", "effective"]
 
@@ -162,10 +165,12 @@ def _sourced(error: ConfigError, settings: Mapping[str, Setting]) -> ConfigError
 
 
 def _apply_http(app: App, settings: Mapping[str, Setting]) -> None:
-    """Set the App's HTTP server's host, port and access log where the user set them."""
-    from quiesce.servers.asgi import HTTPServer
+    """Set the App's HTTP server's host, port and access log where the user set them.
 
-    http = [s for s in app.servers if isinstance(s, HTTPServer)]
+    That is its only HTTP server, or of several the one named ``http`` (a gateway or an
+    admin server beside it keeps its own).
+    """
+    http = _main_http(app)
     for name in ("host", "port", "access_log"):
         setting = settings.get(name)
         if setting is None or not _by_user(setting):
@@ -174,12 +179,20 @@ def _apply_http(app: App, settings: Mapping[str, Setting]) -> None:
             servers = ", ".join(s.name for s in http) or "none"
             raise OptionError(
                 f"{by_name(name).flag} ({setting.source}): the app has {len(http)} HTTP "
-                f"servers ({servers}); set it in code"
+                f"servers ({servers}) and none is named 'http'; set it in code"
             )
         if name == "access_log":
             http[0].uvicorn_options["access_log"] = setting.value
         else:
             setattr(http[0], name, setting.value)
+
+
+def _main_http(app: App) -> list[HTTPServer]:
+    """The HTTP server the server options are about: the only one, or the one named http."""
+    from quiesce.servers.asgi import HTTPServer
+
+    http = [s for s in app.servers if isinstance(s, HTTPServer)]
+    return [s for s in http if s.name == "http"] or http if len(http) > 1 else http
 
 
 def _apply_grpc(app: App, settings: Mapping[str, Setting]) -> None:
@@ -237,11 +250,10 @@ def effective(settings: Mapping[str, Setting], app: App, *, built: bool) -> dict
 
 def _servers_own(app: App) -> dict[str, object]:
     """What an App target's own HTTP and gRPC servers say of the server options."""
-    from quiesce.servers.asgi import HTTPServer
     from quiesce.servers.grpc import GRPCServer
 
     own: dict[str, object] = {}
-    http = [s for s in app.servers if isinstance(s, HTTPServer)]
+    http = _main_http(app)
     if len(http) == 1:
         own["host"], own["port"] = http[0].host, http[0].port
         own["access_log"] = http[0].uvicorn_options.get("access_log", True)
