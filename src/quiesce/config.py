@@ -45,23 +45,34 @@ MAX_SECONDS = 86400.0
 UNCATCHABLE = frozenset(s for s in (getattr(signal, n, None) for n in ("SIGKILL", "SIGSTOP")) if s)
 
 
-def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
-    """Check that each option is a positive number of seconds (or zero, with ``zero_ok``).
+def seconds_error(value: object, *, zero_ok: bool = False) -> str | None:
+    """What ``value`` must be to be a duration, or None when it is one.
 
-    At most :data:`MAX_SECONDS`.
+    A duration is a finite number of seconds, above zero (or zero, with
+    ``zero_ok``), at most :data:`MAX_SECONDS`: the one rule every option,
+    flag and variable of seconds is held to.
+    """
+    must = "zero or more seconds" if zero_ok else "a positive number of seconds"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return must
+    # Not infinite either: every wait is bounded, and a timer cannot hold inf.
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        return must
+    if value > MAX_SECONDS:
+        return f"at most {MAX_SECONDS:g} seconds"
+    return None
+
+
+def check_seconds(options: Mapping[str, Any], *, zero_ok: bool = False) -> None:
+    """Check that each option is a duration (see :func:`seconds_error`).
 
     Raises:
         ConfigError: the first bad option, named with its value.
 
     """
     for option, value in options.items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        # Not infinite either: every wait is bounded, and a timer cannot hold inf.
-        if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-            must = "zero or more seconds" if zero_ok else "a positive number of seconds"
+        if (must := seconds_error(value, zero_ok=zero_ok)) is not None:
             raise ConfigError(f"{option}={value!r}: must be {must}")
-        if value > MAX_SECONDS:
-            raise ConfigError(f"{option}={value!r}: must be at most {MAX_SECONDS:g} seconds")
 
 
 def check_period(seconds: object, fn: object) -> None:

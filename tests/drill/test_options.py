@@ -25,6 +25,8 @@ UVICORN = python_command(
         (["app:app", "--clients", "0"], "--clients"),
         (["app:app", "--duration", "nan"], "--duration"),
         (["app:app", "--duration", "inf"], "--duration"),
+        # A load of more than a day is no bounded loop: the rule every duration is held to.
+        (["app:app", "--duration", "1e6"], "must be at most 86400 seconds"),
         (["app:app", "--signal-at", "-1"], "--signal-at"),
         (["app:app", "--duration", "2", "--signal-at", "2"], "must come before the end"),
         (["app:app", "--retries", "-1"], "--retries"),

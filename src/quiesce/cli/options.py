@@ -10,12 +10,11 @@ and where the value came from.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from quiesce.config import MAX_SECONDS
+from quiesce.config import MAX_SECONDS, seconds_error
 from quiesce.drain import Drain, check_drain, parse_drain
 from quiesce.errors import ConfigError
 
@@ -27,7 +26,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def _seconds(value: object) -> float:
     number = _number(value)
-    if not math.isfinite(number) or number <= 0 or number > MAX_SECONDS:
+    if seconds_error(number) is not None:
         raise ValueError(f"must be a positive number of seconds, at most {MAX_SECONDS:g}")
     return number
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import shlex
 import signal
@@ -20,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
+from quiesce.config import seconds_error
 from quiesce.drill.options import DrillOptions
 
 __all__ = ["command"]
@@ -40,10 +40,12 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in new cli
             seconds = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero):
-            bound = "0 or more" if self.zero else "above 0"
-            self.fail(f"{value!r}: must be a finite number of seconds, {bound}", param, ctx)
-        return seconds
+        if (must := seconds_error(seconds, zero_ok=self.zero)) is None:
+            return seconds
+        if must.startswith("at most"):  # a load or a wait of more than a day is not bounded
+            self.fail(f"{value!r}: must be {must}", param, ctx)
+        bound = "0 or more" if self.zero else "above 0"
+        self.fail(f"{value!r}: must be a finite number of seconds, {bound}", param, ctx)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
