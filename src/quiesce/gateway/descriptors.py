@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 import grpc
@@ -28,6 +28,7 @@ __all__ = [
     "load_from_reflection",
     "message_classes",
     "pool_of",
+    "reflection_call",
     "split_rpc",
 ]
 
@@ -142,11 +143,7 @@ async def load_from_reflection(
     """
     if _has_service(pool, service):
         return True
-    call = channel.stream_stream(
-        REFLECTION_METHOD,
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )(None, timeout=timeout)
+    call = reflection_call(channel, timeout)
     try:
         async with asyncio.timeout(timeout):
             files = await _fetch_files(call, service, pool)
@@ -167,6 +164,21 @@ async def load_from_reflection(
         if not _has_file(pool, file.proto.name):
             pool.AddSerializedFile(file.raw)
     return _has_service(pool, service)
+
+
+def reflection_call(
+    channel: grpc.aio.Channel, timeout: float, requests: Iterator[Any] | None = None
+) -> grpc.aio.StreamStreamCall[Any, Any]:
+    """A v1alpha ``ServerReflectionInfo`` stream on ``channel``, within ``timeout``.
+
+    ``requests`` are sent as they are; without them the caller writes the stream.
+    """
+    method = channel.stream_stream(
+        REFLECTION_METHOD,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return method(requests, timeout=timeout)
 
 
 async def _fetch_files(

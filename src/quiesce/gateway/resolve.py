@@ -28,10 +28,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 from quiesce.config import check_seconds
 from quiesce.errors import ConfigError
 from quiesce.gateway.descriptors import (
-    REFLECTION_METHOD,
     find_method,
     load_from_reflection,
     message_classes,
+    reflection_call,
     split_rpc,
 )
 from quiesce.gateway.errors import GatewayError
@@ -266,11 +266,7 @@ async def list_services(channel: grpc.aio.Channel, timeout: float) -> list[str]:
 
     """
     request = reflection_pb2.ServerReflectionRequest(list_services="")
-    call = channel.stream_stream(
-        REFLECTION_METHOD,
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )(iter([request]), timeout=timeout)
+    call = reflection_call(channel, timeout, iter([request]))
     try:
         reply = await call.read()
     finally:
