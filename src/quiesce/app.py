@@ -231,6 +231,7 @@ class App(Service):
 
     async def _finish(self, *, show: bool = False) -> Report:
         self.report.tasks_failed = self._tracker.failed_total
+        self.report.accounts = self._group.accounts()
         if (logs := logqueue.current()) is not None:
             self.report.log_records_dropped = logs.dropped
         if show:

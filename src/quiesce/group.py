@@ -22,6 +22,7 @@ from quiesce.errors import StartError, describe
 from quiesce.observe import Observer
 from quiesce.phases import PhaseRecord
 from quiesce.servers.contract import (
+    Accountable,
     CountsInFlight,
     ExitsOnItsOwn,
     Server,
@@ -49,6 +50,10 @@ class ServerGroup:
     def in_flight(self) -> dict[str, int]:
         """Work in flight now, by started server (those that can tell)."""
         return {s.name: s.in_flight for s in self.started if isinstance(s, CountsInFlight)}
+
+    def accounts(self) -> dict[str, dict[str, int | list[str]]]:
+        """What each accounting server (a consumer) did with the work it took, by name."""
+        return {s.name: s.account() for s in self.servers if isinstance(s, Accountable)}
 
     def endpoints(self) -> tuple[str, ...]:
         """The endpoints of the started servers, in start order."""

@@ -62,6 +62,9 @@ class Report:
     tasks_failed: int = 0
     #: Observers (a trace exporter) whose final flush was cut: what they buffered is lost.
     observers_cut: list[str] = field(default_factory=list)
+    #: What each accounting server (a consumer) did with the work it took, by server name:
+    #: ``{"orders": {"fetched": 120, "acked": 118, "cut": ["1700-0", "1700-1"], ...}}``.
+    accounts: dict[str, dict[str, int | list[str]]] = field(default_factory=dict)
 
     def step(self, name: str, *, of: str = "stop") -> PhaseRecord:
         """The record of step ``name`` of the stop (``of="start"``: of the start).
@@ -128,6 +131,7 @@ class Report:
             "log_records_dropped": self.log_records_dropped,
             "observers_cut": list(self.observers_cut),
             "tasks_failed": self.tasks_failed,
+            "accounts": {name: dict(account) for name, account in self.accounts.items()},
         }
 
     def to_json(self) -> str:
@@ -163,6 +167,7 @@ class Report:
         if self.tasks_failed:
             lines.append(f"  tasks: {self.tasks_failed} tracked tasks failed")
         lines.extend(f"  telemetry: {line}" for line in self.observers_cut)
+        lines.extend(f"  {name}: {_account_line(a)}" for name, a in self.accounts.items())
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:
                 timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"
@@ -173,3 +178,15 @@ class Report:
                 lines.extend(f"      cut: {c}" for c in r.cut)
                 lines.extend(f"      error: {e}" for e in r.errors)
         return "\n".join(lines)
+
+
+def _account_line(account: dict[str, int | list[str]]) -> str:
+    """``fetched 12, acked 10, cut 2 (1700-0, 1700-1)``: counts as they are, lists by size."""
+    parts = []
+    for key, value in account.items():
+        what = key.replace("_", " ")
+        if isinstance(value, list):
+            parts.append(f"{what} {len(value)}" + (f" ({', '.join(value)})" if value else ""))
+        else:
+            parts.append(f"{what} {value}")
+    return ", ".join(parts)

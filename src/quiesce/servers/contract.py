@@ -20,6 +20,7 @@ from quiesce.errors import ConfigError
 from quiesce.lifecycle import Lifecycle
 
 __all__ = [
+    "Accountable",
     "Attachable",
     "BaseServer",
     "Checkable",
@@ -45,7 +46,7 @@ class Server(Protocol):
     filled in. The optional parts, each used when present:
     :class:`OwnStopTimeout`, :class:`Checkable`, :class:`Attachable`,
     :class:`ExitsOnItsOwn`, :class:`CountsInFlight`, :class:`LoopBound`,
-    :class:`StopsLast`.
+    :class:`StopsLast`, :class:`Accountable`.
     """
 
     #: Unique within the app; used by ``depends_on``, logs and the report.
@@ -145,6 +146,18 @@ class StopsLast(Protocol):
 
     #: True to stop last; False stops by ``depends_on`` like any other server.
     stops_last: bool
+
+
+@runtime_checkable
+class Accountable(Protocol):
+    """A server that accounts for each unit of work it took (a consumer: each message).
+
+    The report shows the account of each such server after the stop, under its name.
+    """
+
+    def account(self) -> dict[str, int | list[str]]:
+        """Counts by what happened (``acked``, ``requeued``...); a list names the items."""
+        ...
 
 
 class BaseServer:
