@@ -28,61 +28,18 @@ import httpx
 import pytest
 
 from conftest import free_ports
+from debian import installed
 from quiesce.registry import Discovery, Instance, Watch
 
-#: Bound on installing etcd-server with apt-get (a fresh CI machine downloads it).
-INSTALL_TIMEOUT = 600.0
 #: Bound on a member (or a whole cluster) answering /health after it was started.
 HEALTH_TIMEOUT = 20.0
 #: Bound on a member exiting after SIGTERM before it is killed.
 STOP_TIMEOUT = 10.0
 
 
-def _etcd_binary() -> str:
-    found = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
-    if found:
-        return found
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "etcd-server"]
-    try:
-        done = subprocess.run(
-            install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
-        )
-        if done.returncode != 0:
-            # A fresh machine may have no package lists yet.
-            subprocess.run(
-                ["apt-get", "update", "-q"],
-                env=env,
-                capture_output=True,
-                timeout=INSTALL_TIMEOUT,
-                check=True,
-            )
-            done = subprocess.run(
-                install, env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT
-            )
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"etcd is not on PATH and apt-get could not install etcd-server: {exc}")
-    found = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
-    if done.returncode != 0 or not found:
-        pytest.fail(
-            "etcd is not on PATH and `apt-get install etcd-server` failed:\n"
-            + done.stdout[-2000:]
-            + done.stderr[-2000:]
-        )
-    return found
-
-
-_binary: str | None = None
-_binary_lock = threading.Lock()
-
-
 def etcd_binary() -> str:
-    """The etcd executable, installed once per test session if missing."""
-    global _binary
-    with _binary_lock:
-        if _binary is None:
-            _binary = _etcd_binary()
-        return _binary
+    """The etcd executable, installed (Debian's etcd-server) once per test session if missing."""
+    return installed("etcd", "etcd-server")
 
 
 def backend_url(
