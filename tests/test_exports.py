@@ -15,6 +15,7 @@ EXPECTED = [
     "AppInfo",
     "BaseServer",
     "ConfigError",
+    "Consumer",
     "DependencyCycleError",
     "Discovery",
     "Drain",
@@ -26,6 +27,7 @@ EXPECTED = [
     "Instance",
     "Lifecycle",
     "LifecycleEvent",
+    "Message",
     "Outcome",
     "PeriodicJob",
     "PhaseRecord",
@@ -56,7 +58,8 @@ def test_every_exported_name_resolves() -> None:
 def test_import_quiesce_imports_no_optional_framework() -> None:
     code = (
         "import sys, quiesce; "
-        "heavy = [m for m in ('grpc', 'uvicorn', 'httpx', 'prometheus_client', 'starlette') "
+        "heavy = [m for m in ('grpc', 'uvicorn', 'httpx', 'prometheus_client', 'starlette', "
+        "'redis', 'aio_pika', 'asyncpg') "
         "if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from quiesce.app import App, AppInfo
+from quiesce.consumers import Consumer, Message
 from quiesce.drain import Drain
 from quiesce.errors import (
     ConfigError,
@@ -61,6 +62,7 @@ __all__ = [
     "AppInfo",
     "BaseServer",
     "ConfigError",
+    "Consumer",
     "DependencyCycleError",
     "Discovery",
     "Drain",
@@ -72,6 +74,7 @@ __all__ = [
     "Instance",
     "Lifecycle",
     "LifecycleEvent",
+    "Message",
     "Outcome",
     "PeriodicJob",
     "PhaseRecord",

@@ -446,6 +446,8 @@ class App(Service):
         self.lifecycle.find_server = {s.name: s for s in self.servers}.get
         self._group = ServerGroup(self.servers, self.lifecycle.observers)
         self.lifecycle.in_flight = self._group.in_flight
+        self.lifecycle.readiness = self._group.readiness
+        self.lifecycle.accounts = self._group.accounts
         self._hooks.timeout = self.hook_timeout
         for server in self.servers:
             if isinstance(server, Attachable):

@@ -25,6 +25,7 @@ from quiesce.servers.contract import (
     Accountable,
     CountsInFlight,
     ExitsOnItsOwn,
+    Readiness,
     Server,
     StopsLast,
     own_stop_timeout,
@@ -54,6 +55,10 @@ class ServerGroup:
     def accounts(self) -> dict[str, dict[str, int | list[str]]]:
         """What each accounting server (a consumer) did with the work it took, by name."""
         return {s.name: s.account() for s in self.servers if isinstance(s, Accountable)}
+
+    def readiness(self) -> dict[str, bool]:
+        """Whether each started server that can tell is ready now, by name."""
+        return {s.name: s.ready for s in self.started if isinstance(s, Readiness)}
 
     def endpoints(self) -> tuple[str, ...]:
         """The endpoints of the started servers, in start order."""

@@ -36,6 +36,7 @@ class Lifecycle:
     """
 
     __slots__ = (
+        "accounts",
         "app",
         "arrivals",
         "dump_tasks",
@@ -43,6 +44,7 @@ class Lifecycle:
         "in_flight",
         "last_arrival",
         "observers",
+        "readiness",
         "ready",
         "registered",
         "registry",
@@ -67,6 +69,10 @@ class Lifecycle:
         self.observers = Observers()
         #: Requests, calls or messages in flight now, by server (those that can tell).
         self.in_flight: Callable[[], dict[str, int]] = dict
+        #: Whether each server that can tell (a consumer) is ready now, by server.
+        self.readiness: Callable[[], dict[str, bool]] = dict
+        #: What each accounting server (a consumer) did with its messages so far, by server.
+        self.accounts: Callable[[], dict[str, dict[str, int | list[str]]]] = dict
         #: How many tracked tasks and guards are running now.
         self.tracked_tasks: Callable[[], int] = lambda: 0
         #: Every task of the loop with its await chain (what SIGUSR1 prints).
@@ -80,6 +86,10 @@ class Lifecycle:
     def is_serving(self) -> bool:
         """Readiness: true between ready and the start of the stop."""
         return self.state is State.RUNNING
+
+    def not_ready(self) -> list[str]:
+        """The servers that say they are not ready now (a consumer without its broker)."""
+        return [name for name, ready in self.readiness().items() if not ready]
 
     @property
     def is_live(self) -> bool:

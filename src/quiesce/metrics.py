@@ -23,7 +23,7 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quiesce.lifecycle import Lifecycle
@@ -89,7 +89,7 @@ class _LifecycleCollector(Collector):
     def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         lifecycle = self.lifecycle
         # One gauge per state, as Envoy's server.state: a query can select "stopping" alone.
         state = GaugeMetricFamily(
@@ -108,6 +108,24 @@ class _LifecycleCollector(Collector):
         for server, count in lifecycle.in_flight().items():
             in_flight.add_metric([server], count)
         yield in_flight
+        ready = GaugeMetricFamily(
+            "quiesce_server_ready",
+            "1 while a server that can tell (a consumer) is ready, else 0.",
+            labels=["server"],
+        )
+        for server, is_ready in lifecycle.readiness().items():
+            ready.add_metric([server], 1.0 if is_ready else 0.0)
+        yield ready
+        messages = CounterMetricFamily(
+            "quiesce_messages",
+            "Messages a consumer took, by what became of them (acked, retried, requeued...).",
+            labels=["server", "outcome"],
+        )
+        for server, account in lifecycle.accounts().items():
+            for outcome, value in account.items():
+                count = len(value) if isinstance(value, list) else value
+                messages.add_metric([server, outcome], count)
+        yield messages
         yield GaugeMetricFamily(
             "quiesce_tracked_tasks",
             "Tracked tasks (spawn) and guards running now.",

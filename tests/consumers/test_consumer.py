@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+import httpx
 import pytest
 
 import quiesce
@@ -308,3 +309,38 @@ async def test_by_default_a_consumer_gets_the_apps_stop_budget_and_the_report_na
     assert "memory: fetched 1, acked 0" in report.to_text()
     assert "requeued cut 1 (stuck-1)" in report.to_text()
     assert report.stop_duration < 1.0 + 0.3
+
+
+async def test_a_consumer_without_its_broker_makes_readyz_503_and_the_metrics_say_so() -> None:
+    async def handle(message: Message[str]) -> None:
+        pass
+
+    consumer = MemoryConsumer(handle, name="orders")
+    admin = quiesce.AdminServer(port=0)
+    app = quiesce.App(name="consumers", servers=[consumer, admin])
+    seen: list[httpx.Response] = []
+
+    @app.after_start
+    async def probe() -> None:
+        base = admin.endpoints()[0]
+        async with httpx.AsyncClient() as client:
+            consumer.put("m1")
+            await wait_until(lambda: consumer.acked == 1)
+            seen.append(await client.get(f"{base}/readyz"))
+            seen.append(await client.get(f"{base}/metrics"))
+            consumer.connect_hangs = True
+            consumer.fail_fetches = 1
+            await wait_until(lambda: consumer.connects == 2)
+            seen.append(await client.get(f"{base}/readyz"))
+            seen.append(await client.get(f"{base}/metrics"))
+        app.stop("test")
+
+    report = await app.serve()
+    assert report.exit_code == quiesce.ExitCode.OK
+    ready, metrics, lost, lost_metrics = seen
+    assert ready.status_code == 200
+    assert 'quiesce_server_ready{server="orders"} 1.0' in metrics.text
+    assert 'quiesce_messages_total{outcome="acked",server="orders"} 1.0' in metrics.text
+    assert lost.status_code == 503
+    assert lost.json() == {"status": "not ready", "state": "running", "not_ready": ["orders"]}
+    assert 'quiesce_server_ready{server="orders"} 0.0' in lost_metrics.text

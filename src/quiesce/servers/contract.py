@@ -28,6 +28,7 @@ __all__ = [
     "ExitsOnItsOwn",
     "LoopBound",
     "OwnStopTimeout",
+    "Readiness",
     "Server",
     "StopsLast",
     "bound_loop",
@@ -46,7 +47,7 @@ class Server(Protocol):
     filled in. The optional parts, each used when present:
     :class:`OwnStopTimeout`, :class:`Checkable`, :class:`Attachable`,
     :class:`ExitsOnItsOwn`, :class:`CountsInFlight`, :class:`LoopBound`,
-    :class:`StopsLast`, :class:`Accountable`.
+    :class:`StopsLast`, :class:`Accountable`, :class:`Readiness`.
     """
 
     #: Unique within the app; used by ``depends_on``, logs and the report.
@@ -157,6 +158,20 @@ class Accountable(Protocol):
 
     def account(self) -> dict[str, int | list[str]]:
         """Counts by what happened (``acked``, ``requeued``...); a list names the items."""
+        ...
+
+
+@runtime_checkable
+class Readiness(Protocol):
+    """A server whose readiness can change while the app runs (a consumer that lost its broker).
+
+    While one is not ready, ``/readyz`` answers 503 naming it, and the admin
+    metrics show it (``quiesce_server_ready``).
+    """
+
+    @property
+    def ready(self) -> bool:
+        """True while it does its work (connected, consuming, not draining)."""
         ...
 
 

@@ -88,8 +88,12 @@ class Gate:
         lifecycle = self.lifecycle
         state = lifecycle.state.value if lifecycle is not None else "running"
         if ready:
-            ok = not self.draining and (lifecycle is None or lifecycle.is_serving)
-            body = {"status": "ready" if ok else "not ready", "state": state}
+            waiting = [] if lifecycle is None else lifecycle.not_ready()
+            serving = lifecycle is None or lifecycle.is_serving
+            ok = not self.draining and serving and not waiting
+            body: dict[str, object] = {"status": "ready" if ok else "not ready", "state": state}
+            if waiting:
+                body["not_ready"] = waiting
         else:
             ok = True
             body = {"status": "alive", "state": state}
