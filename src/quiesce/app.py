@@ -438,6 +438,8 @@ class App(Service):
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
         config.check_names(self.servers, self._resources.resources)
+        self._resources.check()  # each close_timeout
+        self._hooks.check()  # each hook's own timeout
         self._registration = Registration(
             self.registry, timeout=self.registry_timeout, required=self.registry_required
         )

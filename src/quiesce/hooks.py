@@ -12,16 +12,26 @@ import asyncio
 import contextlib
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from quiesce.config import check_seconds
 from quiesce.errors import ConfigError
 from quiesce.phases import Deadline, PhaseRecord, Sequence
 
-__all__ = ["Hook", "Hooks", "call", "callable_name", "run_hooks"]
+__all__ = ["Hook", "HookEntry", "Hooks", "call", "callable_name", "run_hooks"]
 
 T = TypeVar("T")
 Hook = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class HookEntry:
+    """A hook as declared: the callable, and its own timeout (None: the app's ``hook_timeout``)."""
+
+    fn: Hook
+    timeout: float | None = None
 
 
 def callable_name(fn: Callable[..., Any]) -> str:
@@ -66,23 +76,25 @@ async def _in_daemon_thread(fn: Callable[[], T]) -> T:
 
 
 async def run_hooks(
-    hooks: list[Hook], record: PhaseRecord, *, timeout: float, budget: float
+    hooks: Iterable[HookEntry], record: PhaseRecord, *, timeout: float, budget: float
 ) -> None:
-    """Run ``hooks`` in order, each within ``timeout``, all of them within ``budget`` seconds.
+    """Run ``hooks`` in order, each within its own timeout, all of them within ``budget`` seconds.
 
-    A hook that raises or times out is recorded on ``record`` and the next
-    hook still runs (with whatever budget is left); nothing is raised.
+    A hook without a timeout of its own gets ``timeout``. A hook that raises
+    or times out is recorded on ``record`` and the next hook still runs (with
+    whatever budget is left); nothing is raised.
     """
     deadline = Deadline(budget)
-    for hook in hooks:
-        name = callable_name(hook)
+    for entry in hooks:
+        name = callable_name(entry.fn)
         record.waited_for.append(name)
-        budget = min(timeout, deadline.remaining())
+        own = timeout if entry.timeout is None else entry.timeout
+        bound = min(own, deadline.remaining())
         try:
-            async with asyncio.timeout(budget):
-                await call(hook)
+            async with asyncio.timeout(bound):
+                await call(entry.fn)
         except TimeoutError:
-            record.timed_out(f"hook {name} (timeout {budget:.3g}s)")
+            record.timed_out(f"hook {name} (timeout {bound:.3g}s)")
         except Exception as exc:
             record.error(f"hook {name}", exc)
 
@@ -92,18 +104,24 @@ PAIRED = {"before_stop": "after_start", "after_stop": "before_start"}
 
 
 class Hooks:
-    """An app's four hook groups, run as steps of its sequences, each hook within ``timeout``."""
+    """An app's four hook groups, run as steps of its sequences.
+
+    Each hook runs within its own timeout, or :attr:`timeout` (the app's
+    ``hook_timeout``) when it has none.
+    """
 
     def __init__(self) -> None:
-        self.groups: dict[str, list[Hook]] = {
+        self.groups: dict[str, list[HookEntry]] = {
             group: [] for group in ("before_start", "after_start", "before_stop", "after_stop")
         }
-        #: Each hook's own timeout (the app's ``hook_timeout``).
+        #: The timeout of each hook without its own (the app's ``hook_timeout``).
         self.timeout = 10.0
         self._ran: set[str] = set()
 
-    def add(self, group: str, fn: Hook) -> None:
-        """Add ``fn`` to ``group``.
+    def add(self, group: str, fn: Hook, timeout: float | None = None) -> None:
+        """Add ``fn`` to ``group``, bounded by ``timeout`` (None: :attr:`timeout`).
+
+        The timeout is checked by :meth:`check`, with the rest of the configuration.
 
         Raises:
             ConfigError: ``fn`` is not callable.
@@ -111,7 +129,20 @@ class Hooks:
         """
         if not callable(fn):
             raise ConfigError(f"@app.{group}: {fn!r} is not a function")
-        self.groups[group].append(fn)
+        self.groups[group].append(HookEntry(fn, timeout))
+
+    def check(self) -> None:
+        """Check every hook's own timeout.
+
+        Raises:
+            ConfigError: ``@app.<group>(<hook>): timeout=<value>: must be ...``.
+
+        """
+        for group, entries in self.groups.items():
+            for entry in entries:
+                if entry.timeout is not None:
+                    where = f"@app.{group}({callable_name(entry.fn)}): timeout"
+                    check_seconds({where: entry.timeout})
 
     async def step(self, seq: Sequence, group: str, budget: float) -> PhaseRecord:
         """Run ``group`` as a step of ``seq`` within ``budget``; skipped when its pair never ran."""

@@ -95,6 +95,9 @@ class PhaseRecord:
     errors: list[str] = field(default_factory=list)
     #: Why a step was skipped, or another short remark for the report.
     note: str = ""
+    #: Seconds the step's inner bounds were given (its share of the start or stop budget);
+    #: None for a step that was skipped or had no bound.
+    budget: float | None = None
     #: The first exception the step kept, for callers that re-raise it.
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
@@ -152,6 +155,7 @@ class PhaseRecord:
             "cut": list(self.cut),
             "errors": list(self.errors),
             "note": self.note,
+            "budget": None if self.budget is None else round(self.budget, 4),
         }
 
 
@@ -200,7 +204,7 @@ class Sequence:
         marks it ``forced`` and propagates.
         """
         began = time.monotonic()
-        record = PhaseRecord(name, offset=began - self.began)
+        record = PhaseRecord(name, offset=began - self.began, budget=budget)
         self.active = record
         if self.observer is not None:
             self.observer.step_began(self.kind, name)

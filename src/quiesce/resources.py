@@ -1,4 +1,11 @@
-"""Resources: things entered before the servers start and closed after they stop, LIFO."""
+"""Resources: things entered before the servers start and closed after they stop, LIFO.
+
+Each close is bounded by the resource's own ``close_timeout`` (15 s unless
+given: seed 003's "resource release" layer) and by what is left of the stop
+budget. A value that can say what its close had to cut (a pool's connections
+still checked out) implements :class:`NamesLeaks`; each line it names is a
+``cut`` of the ``resources`` step.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,34 @@ import contextlib
 import inspect
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from quiesce import ordering
+from quiesce.config import check_seconds
 from quiesce.errors import StartError
 from quiesce.hooks import callable_name
 from quiesce.phases import Deadline, PhaseRecord
 
-__all__ = ["Resource", "ResourceStack"]
+__all__ = ["CLOSE_TIMEOUT", "NamesLeaks", "Resource", "ResourceStack"]
 
 T = TypeVar("T")
+
+#: A resource's close timeout unless it has its own: seed 003's "resource release" layer.
+CLOSE_TIMEOUT = 15.0
+
+
+@runtime_checkable
+class NamesLeaks(Protocol):
+    """A resource value that can name what its close had to cut.
+
+    After the close (finished, failed or cut by its timeout), the app calls
+    :meth:`leaks`; each line is a ``cut`` of the ``resources`` step, after
+    ``resource <name>: ``, and makes the stop incomplete (exit code 3).
+    """
+
+    def leaks(self) -> list[str]:
+        """What the close had to cut, one line each; empty when it lost nothing."""
+        ...
 
 
 class Resource(Generic[T]):
@@ -24,13 +49,23 @@ class Resource(Generic[T]):
 
     ``factory`` is an async context manager, a sync one, an async generator
     function (``yield`` the value, clean up after), or a callable returning
-    any of these (or an awaitable of one).
+    any of these (or an awaitable of one). ``close_timeout`` bounds the close
+    (None: :data:`CLOSE_TIMEOUT`); what is left of the stop budget bounds it too.
     """
 
-    def __init__(self, factory: Any, *, name: str | None, depends_on: Sequence[str]) -> None:
+    def __init__(
+        self,
+        factory: Any,
+        *,
+        name: str | None,
+        depends_on: Sequence[str],
+        close_timeout: float | None = None,
+    ) -> None:
         self.factory = factory
         self.name = name or _name_of(factory)
         self.depends_on = tuple(depends_on)
+        #: The bound on this resource's close, in seconds.
+        self.close_timeout = CLOSE_TIMEOUT if close_timeout is None else close_timeout
         self._cm: contextlib.AbstractAsyncContextManager[Any] | None = None
         self._value: T | None = None
         self._open = False
@@ -67,6 +102,18 @@ class Resource(Generic[T]):
         finally:
             self._open = False
 
+    def leaks(self) -> list[str]:
+        """What the value says its close cut (see :class:`NamesLeaks`); empty if it cannot say.
+
+        Raises:
+            Exception: whatever the value's ``leaks()`` raised.
+
+        """
+        value = self._value
+        if not isinstance(value, NamesLeaks):
+            return []
+        return [str(line) for line in value.leaks()]
+
 
 class ResourceStack:
     """An app's resources: entered one at a time after what they depend on, closed LIFO."""
@@ -77,6 +124,16 @@ class ResourceStack:
     def add(self, res: Resource[Any]) -> None:
         """Declare ``res``; it is entered after those declared before it (and its dependencies)."""
         self.resources.append(res)
+
+    def check(self) -> None:
+        """Check each resource's ``close_timeout``.
+
+        Raises:
+            ConfigError: ``resource '<name>': close_timeout=<value>: must be ...``.
+
+        """
+        for res in self.resources:
+            check_seconds({f"resource {res.name!r}: close_timeout": res.close_timeout})
 
     def order(self) -> list[Resource[Any]]:
         """Dependencies first, then declaration order."""
@@ -107,10 +164,12 @@ class ResourceStack:
     async def close(self, rec: PhaseRecord, budget: float, *, at_once: bool = False) -> None:
         """Close the open resources, last in first out, all within ``budget`` seconds.
 
-        Each error, and each resource whose close the budget cut, is kept in
-        ``rec``; the resources after it still close (with no time left, each
-        still gets its close called). ``at_once`` (a forced end) names each as
-        cut instead of waited for.
+        Each close is bounded by the resource's ``close_timeout`` and by what
+        is left of ``budget``. Each error, each resource whose close was cut,
+        and each leak its value names (:class:`NamesLeaks`) is kept in ``rec``;
+        the resources after it still close (with no time left, each still gets
+        its close called). ``at_once`` (a forced end) names each as cut instead
+        of waited for.
         """
         deadline = Deadline(budget)
         for res in reversed(self.order()):
@@ -120,7 +179,7 @@ class ResourceStack:
                 rec.cut.append(f"resource {res.name} [closed at once]")
             else:
                 rec.waited_for.append(f"resource {res.name}")
-            left = deadline.remaining()
+            left = min(res.close_timeout, deadline.remaining())
             try:
                 # A close that cannot finish in time is still begun: asyncio.timeout(0)
                 # lets it run up to its first real wait, where most closes are done.
@@ -130,12 +189,19 @@ class ResourceStack:
                 rec.timed_out(f"resource {res.name} (close cut at {left:.3g}s)")
             except Exception as exc:
                 rec.error(f"resource {res.name}", exc)
+            try:
+                for leak in res.leaks():
+                    rec.timed_out(f"resource {res.name}: {leak}")
+            except Exception as exc:
+                rec.error(f"resource {res.name}: leaks()", exc)
 
 
 def _name_of(factory: Any) -> str:
     if callable(factory):
         return callable_name(factory).rsplit(".", 1)[-1]
-    return type(factory).__name__
+    # An instance may name itself (postgres_pool(...) is "postgres"), else its type does.
+    own = getattr(factory, "__name__", None)
+    return own if isinstance(own, str) else type(factory).__name__
 
 
 async def _as_async_cm(factory: Any) -> contextlib.AbstractAsyncContextManager[Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from quiesce import config
 from quiesce.hooks import Hook, Hooks
@@ -25,6 +26,14 @@ __all__ = ["Service"]
 
 T = TypeVar("T")
 H = TypeVar("H", bound=Hook)
+
+
+class Decorator(Protocol):
+    """What ``@app.after_stop(timeout=...)`` returns: it adds the hook and returns it."""
+
+    def __call__(self, fn: H, /) -> H:
+        """Add ``fn`` as a hook; returns it."""
+        ...
 
 
 class Service:
@@ -52,41 +61,135 @@ class Service:
         self.servers.append(server)
         return server
 
+    @overload
     def resource(
-        self, factory: Any, *, name: str | None = None, depends_on: Sequence[str] = ()
+        self,
+        factory: AbstractAsyncContextManager[T],
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
+    ) -> Resource[T]: ...
+    @overload
+    def resource(
+        self,
+        factory: AbstractContextManager[T],
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
+    ) -> Resource[T]: ...
+    @overload
+    def resource(
+        self,
+        factory: Callable[[], AsyncIterator[T]],
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
+    ) -> Resource[T]: ...
+    @overload
+    def resource(
+        self,
+        factory: Callable[[], AbstractAsyncContextManager[T]]
+        | Callable[[], Awaitable[AbstractAsyncContextManager[T]]],
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
+    ) -> Resource[T]: ...
+    @overload
+    def resource(
+        self,
+        factory: Callable[[], AbstractContextManager[T]]
+        | Callable[[], Awaitable[AbstractContextManager[T]]],
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
+    ) -> Resource[T]: ...
+    def resource(
+        self,
+        factory: Any,
+        *,
+        name: str | None = None,
+        depends_on: Sequence[str] = (),
+        close_timeout: float | None = None,
     ) -> Resource[Any]:
         """Declare a resource entered at start, before the servers, and closed last (LIFO).
 
         ``factory`` is an async (or sync) context manager, an async generator
-        function, or a callable returning one. Resources are entered in
-        declaration order, after those they ``depends_on``, and closed in
-        reverse after the servers and the ``after_stop`` hooks. Returns a
-        handle whose ``.value`` is what entering produced.
+        function, or a callable returning a context manager (or an awaitable of
+        one). Resources are entered in declaration order, after those they
+        ``depends_on``, and closed in reverse after the servers and the
+        ``after_stop`` hooks, each within ``close_timeout`` seconds (None:
+        :data:`~quiesce.resources.CLOSE_TIMEOUT`, 15 s) and what is left of
+        the stop budget. Returns a handle whose ``.value`` is what entering
+        produced, typed as the context manager's value. A bad ``close_timeout``
+        is a :class:`~quiesce.ConfigError` of the run (exit code 2).
+
+        Raises:
+            RuntimeError: the app has already started.
+
         """
         self._check_not_started("resource")
-        res: Resource[Any] = Resource(factory, name=name, depends_on=depends_on)
+        res: Resource[Any] = Resource(
+            factory, name=name, depends_on=depends_on, close_timeout=close_timeout
+        )
         self._resources.add(res)
         return res
 
-    def before_start(self, fn: H) -> H:
+    # Each hook decorator is used bare (``@app.after_stop``) or with the hook's own
+    # timeout (``@app.after_stop(timeout=60)``); without one, the app's hook_timeout.
+
+    @overload
+    def before_start(self, fn: H, /, *, timeout: float | None = None) -> H: ...
+    @overload
+    def before_start(self, fn: None = None, /, *, timeout: float | None = None) -> Decorator: ...
+    def before_start(self, fn: H | None = None, /, *, timeout: float | None = None) -> Any:
         """Decorator: run ``fn`` after resources, before servers start; failing fails the start."""
-        return self._add_hook("before_start", fn)
+        return self._add_hook("before_start", fn, timeout)
 
-    def after_start(self, fn: H) -> H:
+    @overload
+    def after_start(self, fn: H, /, *, timeout: float | None = None) -> H: ...
+    @overload
+    def after_start(self, fn: None = None, /, *, timeout: float | None = None) -> Decorator: ...
+    def after_start(self, fn: H | None = None, /, *, timeout: float | None = None) -> Any:
         """Decorator: run ``fn`` once every server is ready (and registered)."""
-        return self._add_hook("after_start", fn)
+        return self._add_hook("after_start", fn, timeout)
 
-    def before_stop(self, fn: H) -> H:
+    @overload
+    def before_stop(self, fn: H, /, *, timeout: float | None = None) -> H: ...
+    @overload
+    def before_stop(self, fn: None = None, /, *, timeout: float | None = None) -> Decorator: ...
+    def before_stop(self, fn: H | None = None, /, *, timeout: float | None = None) -> Any:
         """Decorator: run ``fn`` as the stop begins, before deregistration (go-zero's wrap-up)."""
-        return self._add_hook("before_stop", fn)
+        return self._add_hook("before_stop", fn, timeout)
 
-    def after_stop(self, fn: H) -> H:
+    @overload
+    def after_stop(self, fn: H, /, *, timeout: float | None = None) -> H: ...
+    @overload
+    def after_stop(self, fn: None = None, /, *, timeout: float | None = None) -> Decorator: ...
+    def after_stop(self, fn: H | None = None, /, *, timeout: float | None = None) -> Any:
         """Decorator: run ``fn`` after servers and tasks stopped, before resources close."""
-        return self._add_hook("after_stop", fn)
+        return self._add_hook("after_stop", fn, timeout)
 
-    def _add_hook(self, group: str, fn: H) -> H:
-        self._hooks.add(group, fn)
-        return fn
+    def _add_hook(self, group: str, fn: H | None, timeout: float | None) -> Any:
+        """Add ``fn`` (or return the decorator that will) to ``group`` with its own ``timeout``.
+
+        Raises:
+            ConfigError: ``fn`` is not callable; or, once the app runs, a bad
+                ``timeout`` (declared before the run, the run fails with it: exit code 2).
+
+        """
+
+        def add(fn: H) -> H:
+            self._hooks.add(group, fn, timeout)
+            if self.state is not State.CREATED:
+                self._hooks.check()
+            return fn
+
+        return add if fn is None else add(fn)
 
     # -- tracked work ----------------------------------------------------------
 
