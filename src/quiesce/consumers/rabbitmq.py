@@ -1,0 +1,384 @@
+"""A :class:`~quiesce.consumers.Consumer` of a RabbitMQ queue, on aio-pika (``quiesce[rabbitmq]``).
+
+Manual acks, ``prefetch_count = concurrency``: the broker sends at most as
+many messages as there are handlers, and the deliveries wait in a local
+buffer until a handler is free. At the stop the consumer sends
+``basic.cancel`` first; what was delivered but not started (the buffer, and
+whatever arrives until ``cancel-ok``) is nacked back to the queue, the
+running handlers finish, then the channel and the connection close.
+
+Reconnects are the base's (jittered backoff, logged), not aio-pika's robust
+connection: two reconnect loops on one connection fight, and a robust channel
+restores itself with new delivery tags behind the consumer's back. Each
+connect opens a new connection and channel; a message delivered on a channel
+that died is not acked (the broker delivers it again), only counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from quiesce.consumers.consumer import Consumer
+from quiesce.consumers.message import Handler, Message
+from quiesce.consumers.rabbitmq_copies import (
+    DELIVERIES,
+    ERROR,
+    ERROR_MAX,
+    QUEUE,
+    copy_of,
+    delivery_count,
+    headers_of,
+)
+from quiesce.errors import ConfigError, describe
+from quiesce.registry import redact
+
+__all__ = ["RabbitMQConsumer"]
+
+logger = logging.getLogger("quiesce.lifecycle")
+
+#: An idle fetch returns an empty list after this long (the base simply fetches again).
+FETCH_WAIT = 1.0
+
+
+class RabbitMQConsumer(Consumer[bytes]):
+    """Consume ``queue`` on the RabbitMQ at ``url``, ``concurrency`` messages at a time.
+
+    A message's ``id`` is its AMQP ``message_id`` (its delivery tag when the
+    publisher set none), its ``body`` the bytes, its ``raw`` the aio-pika
+    ``IncomingMessage``. ``delivery_count`` is exact for handler failures on any
+    queue (a retry publishes a copy with an ``x-quiesce-deliveries`` header, then
+    acks the original); a redelivery for another reason (handed back at a stop,
+    a lost connection) counts exactly on a quorum queue, at most once per copy on
+    a classic one.
+
+    Args:
+        handle: ``async def handle(message) -> None``.
+        url: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS; aiormq's
+            query options such as ``?heartbeat=10`` apply).
+        queue: the queue to consume.
+        concurrency: handlers at once, and the channel's ``prefetch_count``.
+        name: the server name (logs, the report).
+        max_deliveries: deliveries before a failing message is dead-lettered.
+        dead_letter: a queue (declared durable at the start) that dead-lettered
+            messages are published to, with the original headers plus
+            ``x-quiesce-error``, ``x-quiesce-deliveries`` and ``x-quiesce-queue``;
+            None acks them away with an ERROR log line naming each.
+        declare: declare ``queue`` (durable, with ``queue_arguments``) when missing;
+            False only checks that it exists (a missing queue fails the start).
+        queue_arguments: the arguments to declare it with, e.g.
+            ``{"x-queue-type": "quorum"}``.
+        stop_timeout, connect_timeout, call_timeout, reconnect_max, depends_on:
+            as :class:`~quiesce.consumers.Consumer` has them.
+
+    """
+
+    broker = "rabbitmq"
+
+    def __init__(
+        self,
+        handle: Handler[bytes],
+        *,
+        url: str,
+        queue: str,
+        concurrency: int = 16,
+        name: str = "rabbitmq",
+        max_deliveries: int = 5,
+        dead_letter: str | None = None,
+        declare: bool = True,
+        queue_arguments: Mapping[str, Any] | None = None,
+        stop_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        call_timeout: float = 5.0,
+        reconnect_max: float = 10.0,
+        depends_on: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            handle,
+            name=name,
+            concurrency=concurrency,
+            max_deliveries=max_deliveries,
+            dead_letter=dead_letter,
+            stop_timeout=stop_timeout,
+            connect_timeout=connect_timeout,
+            call_timeout=call_timeout,
+            reconnect_max=reconnect_max,
+            depends_on=depends_on,
+        )
+        self.url = url
+        self.queue = queue
+        self.declare = declare
+        self.queue_arguments = dict(queue_arguments or {})
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._buffer: collections.deque[Message[bytes]] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._lost: str | None = None
+        self._cancelled = False  # cancel-ok came: a late delivery is nacked at once
+
+    def check(self) -> None:
+        """Check the options.
+
+        Raises:
+            ConfigError: as :meth:`Consumer.check`, or a ``url`` that is not
+                ``amqp://``/``amqps://``, an empty ``queue``, a ``dead_letter`` that
+                is the queue itself.
+
+        """
+        super().check()
+        where = f"consumer {self.name!r}"
+        url: object = self.url
+        if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"{where}: url={redact(str(url))!r} must be amqp:// or amqps://")
+        queue: object = self.queue
+        if not isinstance(queue, str) or not queue:
+            raise ConfigError(f"{where}: queue={self.queue!r} must be a queue name")
+        if self.dead_letter == self.queue:
+            raise ConfigError(f"{where}: dead_letter={self.dead_letter!r} is the queue itself")
+
+    def _where(self) -> str:
+        return redact(self.url)
+
+    # -- connecting ------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._lost = None
+        self._cancelled = False
+        self._buffer.clear()
+        try:
+            await self._open()
+        except Exception as exc:
+            self._lost = describe(exc)  # what the next fetch reports
+            raise
+
+    async def _open(self) -> None:
+        bound = self.call_timeout
+        connection = await aio_pika.connect(
+            self.url,
+            timeout=self.connect_timeout,
+            client_properties={"connection_name": f"quiesce {self.name}"},
+        )
+        self._connection = connection
+        connection.close_callbacks.add(self._closed_by_broker)
+        await self._ensure(connection, self.queue, self.queue_arguments, create=self.declare)
+        if self.dead_letter:
+            await self._ensure(connection, self.dead_letter, {}, create=True)
+        # Confirms and mandatory returns: a retry's or a dead letter's copy is known to be
+        # in its queue before the original is acked.
+        channel = connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.initialize(timeout=bound)
+        self._channel = channel
+        channel.close_callbacks.add(self._closed_by_broker)
+        underlay = self._underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        await channel.set_qos(prefetch_count=self.concurrency, timeout=bound)
+        queue = self._queue = await channel.get_queue(self.queue, ensure=False)
+        self._tag = await queue.consume(self._deliver, timeout=bound)
+
+    async def _ensure(
+        self, connection: AbstractConnection, name: str, arguments: dict[str, Any], *, create: bool
+    ) -> None:
+        """Make sure the queue ``name`` exists; declare it (durable) only when it does not.
+
+        An existing queue is taken as it is: declaring it again with other arguments
+        (a quorum queue declared without ``x-queue-type``) is an error on RabbitMQ.
+        Each try is on a channel of its own, since a failed declare closes its channel.
+        """
+        bound = self.call_timeout
+        for passive in (True, False):
+            async with connection.channel(publisher_confirms=False) as channel:
+                try:
+                    await channel.declare_queue(
+                        name,
+                        durable=True,
+                        passive=passive,
+                        arguments=None if passive else arguments or None,
+                        timeout=bound,
+                    )
+                    return
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    if not create:
+                        raise
+
+    async def _closed_by_broker(self, sender: object, exc: BaseException | None = None) -> None:
+        if sender is self._connection or sender is self._channel:
+            self._lose(f"connection closed: {describe(exc) if exc else 'by the broker'}")
+
+    def _cancelled_by_broker(self, frame: object) -> None:
+        if getattr(frame, "consumer_tag", None) == self._tag:
+            self._lose("the broker cancelled the consumer (was the queue deleted?)")
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+        self._arrived.set()
+
+    def _live(self, raw: AbstractIncomingMessage) -> bool:
+        """Whether ``raw`` came on the channel in use, still open: only then can it be settled."""
+        try:
+            return raw.channel is self._underlay and not raw.channel.is_closed
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return False
+
+    # -- fetching --------------------------------------------------------------
+
+    async def _deliver(self, raw: AbstractIncomingMessage) -> None:
+        if not self._live(raw):
+            return  # its channel died: the broker has put it back already
+        headers = headers_of(raw)
+        message = Message(
+            raw.message_id or str(raw.delivery_tag),
+            raw.body,
+            headers,
+            delivery_count(headers, raw.redelivered),
+            self.broker,
+            raw,
+        )
+        if not self._cancelled:
+            self._buffer.append(message)
+            self._arrived.set()
+            return
+        # It came after cancel-ok, once the stop took the buffer: nobody will start it.
+        ok, _ = await self._bounded(self._hand_back([message]), "hand back a late delivery")
+        self.requeued += ok
+
+    async def _fetch(self, limit: int) -> Sequence[Message[bytes]]:
+        if not self._buffer:
+            self._arrived.clear()
+            self._check_alive()
+            try:
+                async with asyncio.timeout(FETCH_WAIT):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return []
+        self._check_alive()
+        buffer = self._buffer
+        return [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+
+    def _check_alive(self) -> None:
+        """Raise when the connection is gone, so that the base reconnects (and logs it)."""
+        if self._lost is None and (self._channel is None or self._channel.is_closed):
+            self._lost = "channel closed"
+        if self._lost is not None:
+            raise ConnectionError(self._lost)
+
+    async def _stop_fetching(self) -> Sequence[Message[bytes]]:
+        queue, tag = self._queue, self._tag
+        if queue is not None and tag is not None and self._lost is None:
+            # Deliveries until cancel-ok join the buffer; a cut cancel still returns it.
+            bound = self.call_timeout
+            if self._deadline is not None:
+                bound = min(bound, self._deadline.remaining() / 2)
+            try:
+                await queue.cancel(tag, timeout=bound)
+                self._cancelled = True
+            except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                logger.warning(
+                    "consumer %s: basic.cancel on %s failed (%s); handing back what it holds",
+                    self.name,
+                    self._where(),
+                    describe(exc),
+                )
+        left = list(self._buffer)
+        self._buffer.clear()
+        return left
+
+    # -- settling --------------------------------------------------------------
+
+    async def _ack(self, message: Message[bytes]) -> bool:
+        raw: AbstractIncomingMessage = message.raw
+        if not self._live(raw):
+            return False
+        try:
+            await raw.ack()
+        except CONNECTION_EXCEPTIONS:
+            return False
+        return True
+
+    async def _retry(self, message: Message[bytes]) -> None:
+        raw: AbstractIncomingMessage = message.raw
+        headers = dict(message.headers)
+        headers[DELIVERIES] = message.delivery_count
+        try:
+            await self._publish(raw, headers, self.queue)
+        except Exception:
+            # The copy is not known to be in the queue: put the original back instead. (Cut by
+            # the bound, the original stays unacked until its channel closes: then it is back.)
+            if self._live(raw):
+                await raw.nack(requeue=True)
+            raise
+        await self._settle(message, "retried")
+
+    async def _dead_letter(self, message: Message[bytes], error: str) -> None:
+        raw: AbstractIncomingMessage = message.raw
+        if self.dead_letter:
+            headers = dict(message.headers)
+            headers.update(
+                {ERROR: error[:ERROR_MAX], DELIVERIES: message.delivery_count, QUEUE: self.queue}
+            )
+            await self._publish(raw, headers, self.dead_letter)
+        await self._settle(message, "dead-lettered" if self.dead_letter else "dropped")
+
+    async def _publish(
+        self, raw: AbstractIncomingMessage, headers: dict[str, Any], to: str
+    ) -> None:
+        """Publish a copy of ``raw`` to the queue ``to``; return once the broker confirms it."""
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise ConnectionError("channel closed")
+        copy = copy_of(raw, headers)
+        await channel.default_exchange.publish(copy, to, timeout=self.call_timeout)
+
+    async def _settle(self, message: Message[bytes], what: str) -> None:
+        """Ack the original of a message whose copy is published (or that is dropped)."""
+        if await self._ack(message):
+            return
+        self.unacked += 1
+        logger.warning(
+            "consumer %s: message %s was %s but its channel is gone: the broker will "
+            "deliver it again",
+            self.name,
+            message.id,
+            what,
+        )
+
+    async def _hand_back(self, messages: Sequence[Message[bytes]]) -> None:
+        for message in messages:
+            raw: AbstractIncomingMessage = message.raw
+            if not self._live(raw):
+                continue  # its channel died: the broker has put it back already
+            try:
+                await raw.nack(requeue=True)
+            except CONNECTION_EXCEPTIONS:
+                continue  # the connection died meanwhile: the broker puts it back
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        channel, self._channel = self._channel, None
+        self._queue = self._tag = self._underlay = None
+        self._buffer.clear()
+        if connection is None:
+            return
+        try:
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+        finally:
+            # Closing the connection also closes the channel if that was cut; the broker
+            # puts back every message left unacked on it.
+            await connection.close()
