@@ -300,9 +300,10 @@ async def test_bad_hook_timeout_once_the_app_runs_raises_at_once() -> None:
             raised.append(str(exc))
         app.stop()
 
-    await app.serve()
+    report = await app.serve()
     (error,) = raised
     assert error.endswith("timeout=-1: must be a positive number of seconds")
+    assert report.step("before_stop").waited_for == [], "the refused hook was not added"
 
 
 # -- each step's budget ------------------------------------------------------------------------

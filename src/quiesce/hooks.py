@@ -118,18 +118,22 @@ class Hooks:
         self.timeout = 10.0
         self._ran: set[str] = set()
 
-    def add(self, group: str, fn: Hook, timeout: float | None = None) -> None:
+    def add(self, group: str, fn: Hook, timeout: float | None = None, *, now: bool = False) -> None:
         """Add ``fn`` to ``group``, bounded by ``timeout`` (None: :attr:`timeout`).
 
-        The timeout is checked by :meth:`check`, with the rest of the configuration.
+        The timeout is checked by :meth:`check` with the rest of the
+        configuration, or here with ``now`` (a hook added once the app runs).
 
         Raises:
-            ConfigError: ``fn`` is not callable.
+            ConfigError: ``fn`` is not callable; with ``now``, a bad ``timeout``.
 
         """
         if not callable(fn):
             raise ConfigError(f"@app.{group}: {fn!r} is not a function")
-        self.groups[group].append(HookEntry(fn, timeout))
+        entry = HookEntry(fn, timeout)
+        if now:
+            _check(group, entry)
+        self.groups[group].append(entry)
 
     def check(self) -> None:
         """Check every hook's own timeout.
@@ -140,9 +144,7 @@ class Hooks:
         """
         for group, entries in self.groups.items():
             for entry in entries:
-                if entry.timeout is not None:
-                    where = f"@app.{group}({callable_name(entry.fn)}): timeout"
-                    check_seconds({where: entry.timeout})
+                _check(group, entry)
 
     async def step(self, seq: Sequence, group: str, budget: float) -> PhaseRecord:
         """Run ``group`` as a step of ``seq`` within ``budget``; skipped when its pair never ran."""
@@ -153,3 +155,8 @@ class Hooks:
         async with seq.step(group, budget) as rec:
             await run_hooks(self.groups[group], rec, timeout=self.timeout, budget=budget)
         return rec
+
+
+def _check(group: str, entry: HookEntry) -> None:
+    if entry.timeout is not None:
+        check_seconds({f"@app.{group}({callable_name(entry.fn)}): timeout": entry.timeout})

@@ -184,9 +184,7 @@ class Service:
         """
 
         def add(fn: H) -> H:
-            self._hooks.add(group, fn, timeout)
-            if self.state is not State.CREATED:
-                self._hooks.check()
+            self._hooks.add(group, fn, timeout, now=self.state is not State.CREATED)
             return fn
 
         return add if fn is None else add(fn)
