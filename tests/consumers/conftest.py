@@ -55,6 +55,12 @@ def rabbitmq_server() -> str:
     return rabbitmq_programs()[0]
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The postgres program (installed at collection when a selected test needs it)."""
+    return services.postgres_programs()[1]
+
+
 @pytest.fixture
 def private_redis(
     redis_server: str, tmp_path_factory: pytest.TempPathFactory
@@ -138,9 +144,9 @@ async def pg_table(postgres_dsn: str) -> AsyncIterator[str]:
     table = services.unique("ids")
     conn = await asyncpg.connect(postgres_dsn, timeout=10)
     try:
-        await conn.execute(f"CREATE TABLE {table} (id text PRIMARY KEY)")
+        await conn.execute(f"CREATE TABLE {table} (id text PRIMARY KEY)", timeout=10)
         yield table
-        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.execute(f"DROP TABLE IF EXISTS {table}", timeout=10)
     finally:
         await conn.close(timeout=10)
 
@@ -175,5 +181,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if "rabbitmq_server" in wanted or ("amqp_url" in wanted and not amqp_answers()):
         rabbitmq_programs()
     local_pg = services.postgres_dsn_at(services.LOCAL_POSTGRES_PORT)
-    if "postgres_dsn" in wanted and not services.postgres_answers(local_pg):
+    if "postgres_server" in wanted or (
+        "postgres_dsn" in wanted and not services.postgres_answers(local_pg)
+    ):
         services.postgres_programs()

@@ -109,6 +109,20 @@ def test_redis_url_without_a_local_redis_starts_a_private_one(
     assert (tmp_path / "redis.log").read_text()
 
 
+def test_postgres_dsn_without_a_local_postgres_starts_a_private_one(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    (closed,) = free_ports(1)
+    with ExitStack() as stack:
+        dsn = services.postgres_dsn(stack, tmp_path, local_port=closed)
+        assert dsn.endswith("/test")
+        assert f":{closed}/" not in dsn
+        assert f":{services.LOCAL_POSTGRES_PORT}/" not in dsn
+        assert services.postgres_answers(dsn)
+    assert not services.postgres_answers(dsn)
+    assert "database system is shut down" in (tmp_path / "postgres.log").read_text()
+
+
 async def test_private_rabbitmq_restart_drops_clients_and_keeps_persistent_messages(
     private_rabbitmq: PrivateRabbitMQ,
 ) -> None:
