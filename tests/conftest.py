@@ -22,6 +22,9 @@ from quiesce import Outcome, PhaseRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: Real Redis, RabbitMQ and PostgreSQL for every test that asks (redis_url, amqp_url, postgres_dsn).
+pytest_plugins = ("service_fixtures",)
+
 
 class Service:
     """A scenario service in a subprocess; its output is read line by line as it comes.

@@ -11,7 +11,7 @@ the end of its log.
 
 The local services are shared with everyone's tests, run after run: a test
 names what it creates with :func:`unique` and deletes it afterwards, or uses a
-fixture that does (tests/consumers/conftest.py: ``redis_key``, ``amqp_queue``,
+fixture that does (tests/service_fixtures.py: ``redis_key``, ``amqp_queue``,
 ``pg_table``). :class:`PrivateRedis` and :class:`PrivateRabbitMQ` are servers
 of a test's own that it may stop, kill and start again (a broker outage).
 """

@@ -26,7 +26,7 @@ from quiesce.postgres import PostgresPool, postgres_pool
 from quiesce.resources import Resource
 from quiesce.servers.stream import StreamServer
 
-#: The machine's PostgreSQL (trust auth); tests/consumers/conftest.py's postgres_dsn is the same.
+#: The machine's PostgreSQL (trust auth); tests/service_fixtures.py's postgres_dsn is the same.
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
 HERE = Path(__file__)
 T = TypeVar("T")

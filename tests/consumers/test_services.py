@@ -16,9 +16,8 @@ import redis.asyncio
 import services
 from conftest import free_ports
 from rabbitmq_node import PrivateRabbitMQ, amqp_answers
+from service_fixtures import delete_keys
 from services import Names, PrivateRedis
-
-from .conftest import delete_keys
 
 
 async def test_redis_url_answers_ping(redis_client: redis.asyncio.Redis) -> None:

@@ -1,4 +1,4 @@
-"""Real brokers and a database for the consumer tests (see tests/services.py).
+"""Real brokers and a database (see tests/services.py), a plugin of tests/conftest.py.
 
 Session fixtures give the machine's services (or private ones when they are
 not there); the ``private_*`` fixtures give servers a test may stop and start
