@@ -87,6 +87,6 @@ async def test_postgres_example_counts_sessions_and_stops_clean() -> None:
 def test_the_report_lines_shown_have_the_reports_own_shape() -> None:
     shown = re.search(r"```text\n(  stop .*?)```", PAGE.read_text(), flags=re.DOTALL)
     assert shown is not None
-    step = re.compile(r"  stop  \+ +\d+\.\d{3}s \S+ +\d+\.\d{3}s \w+ \(budget \d+\.\d\ds\)")
+    step = re.compile(r"  stop  \+ +\d+\.\d{3}s \S+ +\d+\.\d{3}s of +\d+\.\d\ds \w+")
     for line in shown.group(1).splitlines():
         assert step.fullmatch(line) or line.startswith("      "), line

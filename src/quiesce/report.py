@@ -171,10 +171,9 @@ class Report:
         for kind, records in (("start", self.start), ("stop", self.stop)):
             for r in records:
                 timing = f"+{r.offset:7.3f}s {r.name:<13} {r.duration:7.3f}s"
-                # What the step was given beside what it took: each layer's budget and use.
-                said = [r.note] if r.note else []
-                said += [f"budget {r.budget:.2f}s"] if r.budget is not None else []
-                note = f" ({'; '.join(said)})" if said else ""
+                # What the step took of what it was given: each layer's use and budget.
+                timing += f" of {r.budget:5.2f}s" if r.budget is not None else ""
+                note = f" ({r.note})" if r.note else ""
                 lines.append(f"  {kind:5} {timing} {r.outcome.value}{note}")
                 if r.outcome is not Outcome.OK or r.cut:
                     lines.extend(f"      waited for: {w}" for w in r.waited_for)
