@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,6 +68,12 @@ class Amqp:
                 **props,
             )
             await self.channel.default_exchange.publish(message, queue, timeout=CALL)
+
+    async def publish_many(self, queue: str, ids: Sequence[str], *, batch: int = 500) -> None:
+        """:meth:`publish` ``batch`` at a time (their confirms awaited together)."""
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            await asyncio.gather(*(self.publish(queue, [i]) for i in chunk))
 
     async def publish_without_id(self, queue: str, body: bytes) -> None:
         """Publish a message with no ``message_id`` (aiormq's publish makes one up: not this)."""

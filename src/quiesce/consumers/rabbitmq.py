@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -227,6 +228,8 @@ class RabbitMQConsumer(Consumer[bytes]):
     def _lose(self, why: str) -> None:
         if self._lost is None:
             self._lost = why
+        # Not ready from now on, even while every handler is busy and nothing fetches.
+        self.connected = False
         self._arrived.set()
 
     def _live(self, raw: AbstractIncomingMessage) -> bool:
@@ -312,51 +315,52 @@ class RabbitMQConsumer(Consumer[bytes]):
         return True
 
     async def _retry(self, message: Message[bytes]) -> None:
-        raw: AbstractIncomingMessage = message.raw
         headers = dict(message.headers)
         headers[DELIVERIES] = message.delivery_count
-        try:
-            await self._publish(raw, headers, self.queue)
-        except Exception:
-            # The copy is not known to be in the queue: put the original back instead. (Cut by
-            # the bound, the original stays unacked until its channel closes: then it is back.)
-            if self._live(raw):
-                await raw.nack(requeue=True)
-            raise
-        await self._settle(message, "retried")
+        await self._publish(message, headers, self.queue)
+        if not await self._ack(message):
+            self.unacked += 1  # the copy is in the queue, and the original comes back too
+            logger.warning(
+                "consumer %s: message %s was published again but its channel is gone: "
+                "the broker will deliver it twice",
+                self.name,
+                message.id,
+            )
 
     async def _dead_letter(self, message: Message[bytes], error: str) -> None:
-        raw: AbstractIncomingMessage = message.raw
         if self.dead_letter:
             headers = dict(message.headers)
             headers.update(
                 {ERROR: error[:ERROR_MAX], DELIVERIES: message.delivery_count, QUEUE: self.queue}
             )
-            await self._publish(raw, headers, self.dead_letter)
-        await self._settle(message, "dead-lettered" if self.dead_letter else "dropped")
+            await self._publish(message, headers, self.dead_letter)
+        if not await self._ack(message):
+            raise ConnectionError("its channel is gone: the broker will deliver it again")
 
-    async def _publish(
-        self, raw: AbstractIncomingMessage, headers: dict[str, Any], to: str
-    ) -> None:
-        """Publish a copy of ``raw`` to the queue ``to``; return once the broker confirms it."""
+    async def _publish(self, message: Message[bytes], headers: dict[str, Any], to: str) -> None:
+        """Publish a copy of ``message`` to the queue ``to``, confirmed by the broker.
+
+        Raises:
+            ConnectionError: the message's channel is gone (the broker delivers the
+                original again: no copy is made).
+            Exception: what the publish raised; the original is nacked back, as its
+                copy is not known to be in ``to``.
+
+        """
+        raw: AbstractIncomingMessage = message.raw
         channel = self._channel
-        if channel is None or channel.is_closed:
-            raise ConnectionError("channel closed")
-        copy = copy_of(raw, headers)
-        await channel.default_exchange.publish(copy, to, timeout=self.call_timeout)
-
-    async def _settle(self, message: Message[bytes], what: str) -> None:
-        """Ack the original of a message whose copy is published (or that is dropped)."""
-        if await self._ack(message):
-            return
-        self.unacked += 1
-        logger.warning(
-            "consumer %s: message %s was %s but its channel is gone: the broker will "
-            "deliver it again",
-            self.name,
-            message.id,
-            what,
-        )
+        if channel is None or not self._live(raw):
+            raise ConnectionError("its channel is gone: the broker will deliver it again")
+        try:
+            await channel.default_exchange.publish(
+                copy_of(raw, headers), to, timeout=self.call_timeout
+            )
+        except Exception:
+            # (Cut by the bound instead, the original stays unacked until its channel closes.)
+            if self._live(raw):
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await raw.nack(requeue=True)
+            raise
 
     async def _hand_back(self, messages: Sequence[Message[bytes]]) -> None:
         for message in messages:
