@@ -1,4 +1,4 @@
-"""quiesce.postgres against the real PostgreSQL on 127.0.0.1:5432: the pool as a resource.
+"""quiesce.postgres against a real PostgreSQL (``postgres_dsn``): the pool as a resource.
 
 It opens before the servers and closes after them; its close waits for the
 connections still checked out (a write in flight at the stop lands), then
@@ -26,8 +26,6 @@ from quiesce.postgres import PostgresPool, postgres_pool
 from quiesce.resources import Resource
 from quiesce.servers.stream import StreamServer
 
-#: The machine's PostgreSQL (trust auth); tests/service_fixtures.py's postgres_dsn is the same.
-DSN = "postgresql://postgres@127.0.0.1:5432/test"
 HERE = Path(__file__)
 T = TypeVar("T")
 
@@ -52,13 +50,6 @@ def sql(dsn: str, query: str) -> list[Any]:
             await conn.close()
 
     return blocking(run)
-
-
-@pytest.fixture
-def postgres_dsn() -> str:
-    """The local PostgreSQL; it must answer (nothing is skipped)."""
-    assert sql(DSN, "SELECT 1")[0][0] == 1
-    return DSN
 
 
 @pytest.fixture

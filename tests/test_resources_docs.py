@@ -19,10 +19,14 @@ def example(marker: str) -> str:
     return found
 
 
-def run(*markers: str) -> dict[str, Any]:
+#: The DSN the page's example shows; the test runs it against ``postgres_dsn``.
+SHOWN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def run(*markers: str, dsn: str = SHOWN_DSN) -> dict[str, Any]:
     scope: dict[str, Any] = {"__name__": "orders"}
     for marker in markers:
-        exec(example(marker), scope)
+        exec(example(marker).replace(SHOWN_DSN, dsn), scope)
     return scope
 
 
@@ -67,8 +71,9 @@ async def test_outbox_example_names_the_message_it_did_not_send() -> None:
     assert report.exit_code == ExitCode.INCOMPLETE
 
 
-async def test_postgres_example_counts_sessions_and_stops_clean() -> None:
-    scope = run("postgres_pool(")
+async def test_postgres_example_counts_sessions_and_stops_clean(postgres_dsn: str) -> None:
+    scope = run("postgres_pool(", dsn=postgres_dsn)
+    assert SHOWN_DSN in example("postgres_pool(")
     app: App = scope["app"]
     counted: list[int] = []
 

@@ -90,9 +90,9 @@ async def test_every_factory_form_enters_with_the_value_its_type_says() -> None:
     assert all(isinstance(v, Pool) for v in values)
 
 
-async def test_postgres_pool_value_is_a_postgres_pool() -> None:
+async def test_postgres_pool_value_is_a_postgres_pool(postgres_dsn: str) -> None:
     app = App(name="svc")
-    db = declare_postgres(app, "postgresql://postgres@127.0.0.1:5432/test")
+    db = declare_postgres(app, postgres_dsn)
     seen: list[object] = []
 
     @app.after_start
