@@ -469,7 +469,7 @@ async def test_something_that_is_not_a_server_is_a_config_error_naming_what_it_l
 def test_hook_that_is_not_callable_is_refused_at_once() -> None:
     app = App(name="svc")
     with pytest.raises(ConfigError, match=r"@app.before_stop: 5 is not a function"):
-        app.before_stop(5)  # type: ignore[type-var]
+        app.before_stop(5)  # type: ignore[call-overload]
 
 
 # -- the inner bound names the cut, on the defaults (issue 7, item 6) --------------
