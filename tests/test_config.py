@@ -103,3 +103,20 @@ def test_check_registry_takes_none_a_url_or_a_registry(tmp_path: Path) -> None:
     check_registry(FileRegistry(tmp_path))
     with pytest.raises(ConfigError, match=r"registry: dict is neither a URL nor"):
         check_registry({"url": "etcd://127.0.0.1:2379"})
+
+
+def test_the_budget_line_adds_each_stop_hooks_own_timeout() -> None:
+    from quiesce import App
+
+    app = App(name="svc", stop_timeout=10, hook_timeout=2, cleanup_reserve=1)
+
+    @app.before_stop(timeout=6)
+    def flush() -> None:
+        pass
+
+    @app.after_stop
+    def close() -> None:
+        pass
+
+    line = app.check()
+    assert "hooks 8s" in line  # 6 of its own + the app's 2, not 2 x 2

@@ -433,13 +433,13 @@ class App(Service):
         # First: once it is known to be writable, every other bad option still gets a report.
         config.check_report_file(self.report_file)
         self._report_file_checked = True
-        stop_hooks = len(self._hooks.groups["before_stop"]) + len(self._hooks.groups["after_stop"])
-        budget_line = check_options(self, stop_hooks=stop_hooks)
+        self._hooks.check()  # each hook's own timeout, before the budget adds them up
+        hooks = [*self._hooks.groups["before_stop"], *self._hooks.groups["after_stop"]]
+        budget_line = check_options(self, stop_hooks=[hook.timeout for hook in hooks])
         for job in self._jobs:
             config.check_period(job.seconds, job.fn)
         config.check_names(self.servers, self._resources.resources)
         self._resources.check()  # each close_timeout
-        self._hooks.check()  # each hook's own timeout
         self._registration = Registration(
             self.registry, timeout=self.registry_timeout, required=self.registry_required
         )

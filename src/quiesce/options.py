@@ -50,12 +50,13 @@ class Options(Protocol):
     def cancel_grace(self) -> float: ...  # noqa: D102
 
 
-def check_options(app: Options, *, stop_hooks: int) -> str:
+def check_options(app: Options, *, stop_hooks: Sequence[float | None]) -> str:
     """Check the App's own options (its parts are checked where they are kept).
 
-    ``stop_hooks`` is how many ``before_stop`` and ``after_stop`` hooks there
-    are. Returns the stop budget line (see :func:`config.stop_budget_line`);
-    it ends with ``: fits`` unless the stop could outlast ``grace_period``.
+    ``stop_hooks`` is the own timeout of each ``before_stop`` and ``after_stop``
+    hook (None: the app's ``hook_timeout``). Returns the stop budget line (see
+    :func:`config.stop_budget_line`); it ends with ``: fits`` unless the stop
+    could outlast ``grace_period``.
 
     Raises:
         ConfigError: the first bad option.
@@ -91,7 +92,7 @@ def check_options(app: Options, *, stop_hooks: int) -> str:
     parts = {
         "drain": drain,
         "server stop": max(own, default=0.0),
-        "hooks": stop_hooks * app.hook_timeout,
+        "hooks": sum(app.hook_timeout if own is None else own for own in stop_hooks),
         "cleanup reserve": reserve,
     }
     return config.stop_budget_line(parts, app.stop_timeout, app.grace_period)
