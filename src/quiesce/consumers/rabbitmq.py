@@ -21,16 +21,11 @@ import collections
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from quiesce.consumers.consumer import Consumer
@@ -125,11 +120,11 @@ class RabbitMQConsumer(Consumer[bytes]):
         self.queue_arguments = dict(queue_arguments or {})
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._underlay: aiormq.abc.AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
+        self._underlay: aiormq.Channel | None = None
         self._tag: str | None = None
         self._buffer: collections.deque[Message[bytes]] = collections.deque()
         self._arrived = asyncio.Event()
+        self._ticking: asyncio.TimerHandle | None = None
         self._lost: str | None = None
         self._cancelled = False  # cancel-ok came: a late delivery is nacked at once
 
@@ -186,11 +181,12 @@ class RabbitMQConsumer(Consumer[bytes]):
         await channel.initialize(timeout=bound)
         self._channel = channel
         channel.close_callbacks.add(self._closed_by_broker)
-        underlay = self._underlay = await channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        underlay = self._underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         await channel.set_qos(prefetch_count=self.concurrency, timeout=bound)
-        queue = self._queue = await channel.get_queue(self.queue, ensure=False)
-        self._tag = await queue.consume(self._deliver, timeout=bound)
+        # aiormq's consumer itself: aio-pika's queue.consume() adds a task per delivery.
+        consuming = await underlay.basic_consume(self.queue, self._deliver, timeout=bound)
+        self._tag = consuming.consumer_tag
+        self._tick()
 
     async def _ensure(
         self, connection: AbstractConnection, name: str, arguments: dict[str, Any], *, create: bool
@@ -221,10 +217,6 @@ class RabbitMQConsumer(Consumer[bytes]):
         if sender is self._connection or sender is self._channel:
             self._lose(f"connection closed: {describe(exc) if exc else 'by the broker'}")
 
-    def _cancelled_by_broker(self, frame: object) -> None:
-        if getattr(frame, "consumer_tag", None) == self._tag:
-            self._lose("the broker cancelled the consumer (was the queue deleted?)")
-
     def _lose(self, why: str) -> None:
         if self._lost is None:
             self._lost = why
@@ -241,7 +233,8 @@ class RabbitMQConsumer(Consumer[bytes]):
 
     # -- fetching --------------------------------------------------------------
 
-    async def _deliver(self, raw: AbstractIncomingMessage) -> None:
+    async def _deliver(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        raw = aio_pika.IncomingMessage(delivery, no_ack=False)
         if not self._live(raw):
             return  # its channel died: the broker has put it back already
         headers = headers_of(raw)
@@ -262,34 +255,44 @@ class RabbitMQConsumer(Consumer[bytes]):
         self.requeued += ok
 
     async def _fetch(self, limit: int) -> Sequence[Message[bytes]]:
+        self._check_alive()
         if not self._buffer:
             self._arrived.clear()
+            await self._arrived.wait()  # a delivery, a loss, or the tick: FETCH_WAIT at most
             self._check_alive()
-            try:
-                async with asyncio.timeout(FETCH_WAIT):
-                    await self._arrived.wait()
-            except TimeoutError:
-                return []
-        self._check_alive()
         buffer = self._buffer
         return [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+
+    def _tick(self) -> None:
+        """Wake the fetch every FETCH_WAIT: one timer, not one per fetch, bounds its wait."""
+        self._arrived.set()
+        self._ticking = asyncio.get_running_loop().call_later(FETCH_WAIT, self._tick)
 
     def _check_alive(self) -> None:
         """Raise when the connection is gone, so that the base reconnects (and logs it)."""
         if self._lost is None and (self._channel is None or self._channel.is_closed):
             self._lost = "channel closed"
+        if self._lost is None and not self._consuming():
+            self._lost = "the broker cancelled the consumer (was the queue deleted?)"
         if self._lost is not None:
             raise ConnectionError(self._lost)
 
+    def _consuming(self) -> bool:
+        """Whether the channel still has the consumer: aiormq drops it at a broker's basic.cancel.
+
+        (aiormq 6, under aio-pika 9, has no callback for that frame.)
+        """
+        return self._underlay is None or self._tag is None or self._tag in self._underlay.consumers
+
     async def _stop_fetching(self) -> Sequence[Message[bytes]]:
-        queue, tag = self._queue, self._tag
-        if queue is not None and tag is not None and self._lost is None:
+        underlay, tag = self._underlay, self._tag
+        if underlay is not None and tag is not None and self._lost is None:
             # Deliveries until cancel-ok join the buffer; a cut cancel still returns it.
             bound = self.call_timeout
             if self._deadline is not None:
                 bound = min(bound, self._deadline.remaining() / 2)
             try:
-                await queue.cancel(tag, timeout=bound)
+                await underlay.basic_cancel(tag, timeout=bound)
                 self._cancelled = True
             except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                 logger.warning(
@@ -306,10 +309,14 @@ class RabbitMQConsumer(Consumer[bytes]):
 
     async def _ack(self, message: Message[bytes]) -> bool:
         raw: AbstractIncomingMessage = message.raw
-        if not self._live(raw):
+        if not self._live(raw) or raw.delivery_tag is None:
             return False
+        if raw.processed:
+            return True  # the handler settled it itself (a second ack would close the channel)
         try:
-            await raw.ack()
+            # Queued for the connection's writer, not waited for: an ack has no answer, and
+            # the channel's close (after the last ack) goes out behind it.
+            await raw.channel.basic_ack(raw.delivery_tag, wait=False)
         except CONNECTION_EXCEPTIONS:
             return False
         return True
@@ -375,7 +382,9 @@ class RabbitMQConsumer(Consumer[bytes]):
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
         channel, self._channel = self._channel, None
-        self._queue = self._tag = self._underlay = None
+        self._tag = self._underlay = None
+        if self._ticking is not None:
+            self._ticking.cancel()
         self._buffer.clear()
         if connection is None:
             return
