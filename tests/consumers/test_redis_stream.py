@@ -21,13 +21,13 @@ import pytest
 import redis.asyncio
 
 import quiesce
+from consumers.redis_support import add, entry_ids, pending, wait_until
 from quiesce.consumers.message import Message
 from quiesce.consumers.redis_stream import Fields, RedisStreamConsumer
 from quiesce.errors import ConfigError, StartError
 from services import Names, PrivateRedis
 
 Handle = Callable[[Message[Fields]], Awaitable[None]]
-Check = Callable[[], bool | Awaitable[bool]]
 
 
 @pytest.fixture
@@ -37,38 +37,11 @@ async def r(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-async def wait_until(check: Check, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            done = check()
-            if done if isinstance(done, bool) else await done:
-                return
-            await asyncio.sleep(0.01)
-
-
 def consumer_of(url: str, stream: str, handle: Handle, **options: Any) -> RedisStreamConsumer:
     options.setdefault("consumer", "c1")
     consumer = RedisStreamConsumer(handle, url=url, stream=stream, group="g", **options)
     consumer.check()
     return consumer
-
-
-async def add(r: redis.asyncio.Redis, stream: str, n: int, **fields: str) -> list[str]:
-    async with r.pipeline(transaction=False) as pipe:
-        for i in range(n):
-            entry: dict[Any, Any] = {"n": str(i), **fields}
-            _ = pipe.xadd(stream, entry)
-        return [str(i) for i in await pipe.execute()]
-
-
-async def pending(r: redis.asyncio.Redis, stream: str) -> dict[str, dict[str, Any]]:
-    """The group's pending entries by id (consumer, idle ms, deliveries)."""
-    found = await r.xpending_range(stream, "g", "-", "+", 1000)
-    return {str(p["message_id"]): p for p in found}
-
-
-def entry_ids(reply: Any) -> list[str]:
-    return [str(i) for _, found in reply for i, _ in found]
 
 
 # -- options -------------------------------------------------------------------

@@ -171,26 +171,27 @@ class RedisStreamConsumer(Consumer[Fields]):
 
     # -- connecting ------------------------------------------------------------
 
-    def _new_client(self, socket_timeout: float, *, retries: int, single: bool) -> Redis:
+    def _new_client(self, *, retries: int, single: bool) -> Redis:
         # One retry on a connection error: a pooled connection the broker closed while
-        # idle fails its next command once. Nothing retries a timeout: calls are bounded.
+        # idle fails its next command once. No socket_timeout: with one, redis-py sends
+        # through asyncio.wait_for, which on Python 3.11 often swallows a cancellation (the
+        # stop's) that comes as the send completes. Every call is bounded here instead.
         retry = Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,))
         return Redis.from_url(
             self.url,
             single_connection_client=single,
             decode_responses=True,
             encoding_errors="surrogateescape",
-            socket_timeout=socket_timeout,
+            socket_timeout=None,
             socket_connect_timeout=self.connect_timeout,
             retry=retry,
         )
 
     async def _connect(self) -> None:
         if self._client is None:
-            self._client = self._new_client(self.call_timeout, retries=1, single=False)
+            self._client = self._new_client(retries=1, single=False)
             # The reader fails at once: the base's backoff decides when to read again.
-            timeout = self.block + self.call_timeout
-            self._reader = self._new_client(timeout, retries=0, single=True)
+            self._reader = self._new_client(retries=0, single=True)
             self._calls = GroupCalls(self._client, self.stream, self.group, self.consumer)
         made = await self._group.create(self.start_id)
         if self._loop_task is not None and not self._loop_task.done():
@@ -232,6 +233,12 @@ class RedisStreamConsumer(Consumer[Fields]):
     # -- fetching --------------------------------------------------------------
 
     async def _fetch(self, limit: int) -> Sequence[Message[Fields]]:
+        async with asyncio.timeout(self.call_timeout):
+            taken = await self._take(limit)
+        return await self._read_new(limit) if taken is None else taken
+
+    async def _take(self, limit: int) -> list[Message[Fields]] | None:
+        """What is there to take before new entries; None: nothing, read new ones."""
         if self._recover:
             left = await self._orphans(limit, keep_waiting=True)
             self._recover = len(left) == limit  # there may be more
@@ -247,7 +254,7 @@ class RedisStreamConsumer(Consumer[Fields]):
             return await self._read_own(limit)
         if now >= self._next_sweep and (taken := await self._sweep(limit)):
             return taken
-        return await self._read_new(limit)
+        return None
 
     async def _read_own(self, limit: int) -> list[Message[Fields]]:
         """Re-read our own pending entries (at a start), from the cursor on."""
@@ -267,16 +274,17 @@ class RedisStreamConsumer(Consumer[Fields]):
         now = time.monotonic()
         wait = min(self.block, self._next_sweep - now, *(t - now for t in self._waiting.values()))
         try:
-            if self._reader_id is None:
-                self._reader_id = int(await reader.client_id())
-            self._read_until = now + wait
-            reply = await reader.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: ">"},
-                count=limit,
-                block=max(1, round(wait * 1000)),
-            )
+            async with asyncio.timeout(wait + self.call_timeout):
+                if self._reader_id is None:
+                    self._reader_id = int(await reader.client_id())
+                self._read_until = now + wait
+                reply = await reader.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=limit,
+                    block=max(1, round(wait * 1000)),
+                )
         except BaseException:
             # Cut mid-reply (the stop's cancel, a timeout): the connection must never read
             # again, and the entries Redis sent it stay pending (see _orphans).
