@@ -234,9 +234,9 @@ class RabbitMQConsumer(Consumer[bytes]):
     # -- fetching --------------------------------------------------------------
 
     async def _deliver(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        if delivery.channel is not self._underlay:
+            return  # its channel died (we are on another): the broker has put it back already
         raw = aio_pika.IncomingMessage(delivery, no_ack=False)
-        if not self._live(raw):
-            return  # its channel died: the broker has put it back already
         headers = headers_of(raw)
         message = Message(
             raw.message_id or str(raw.delivery_tag),
@@ -270,7 +270,7 @@ class RabbitMQConsumer(Consumer[bytes]):
 
     def _check_alive(self) -> None:
         """Raise when the connection is gone, so that the base reconnects (and logs it)."""
-        if self._lost is None and (self._channel is None or self._channel.is_closed):
+        if self._lost is None and (self._underlay is None or self._underlay.is_closed):
             self._lost = "channel closed"
         if self._lost is None and not self._consuming():
             self._lost = "the broker cancelled the consumer (was the queue deleted?)"
