@@ -32,6 +32,8 @@ EXPECTED = [
     "PeriodicJob",
     "PhaseRecord",
     "QuiesceError",
+    "RabbitMQConsumer",
+    "RedisStreamConsumer",
     "Registry",
     "RegistryError",
     "Report",

@@ -30,17 +30,21 @@ from quiesce.servers import BaseServer, Server
 from quiesce.tasks import Guard, PeriodicJob
 
 if TYPE_CHECKING:
+    from quiesce.consumers.rabbitmq import RabbitMQConsumer
+    from quiesce.consumers.redis_stream import RedisStreamConsumer
     from quiesce.gateway.server import GatewayServer
     from quiesce.servers.admin import AdminServer
     from quiesce.servers.asgi import HTTPServer
     from quiesce.servers.grpc import GRPCServer
 
-# Adapters import their framework (uvicorn, grpc, prometheus_client): loaded on first
+# Adapters import their framework (uvicorn, grpc, redis, aio-pika...): loaded on first
 # use, so that `import quiesce` stays light and works without the optional extras.
 _LAZY = {
     "AdminServer": "quiesce.servers.admin",
     "GatewayServer": "quiesce.gateway.server",
     "HTTPServer": "quiesce.servers.asgi",
+    "RabbitMQConsumer": "quiesce.consumers.rabbitmq",
+    "RedisStreamConsumer": "quiesce.consumers.redis_stream",
     "GRPCServer": "quiesce.servers.grpc",
 }
 
@@ -79,6 +83,8 @@ __all__ = [
     "PeriodicJob",
     "PhaseRecord",
     "QuiesceError",
+    "RabbitMQConsumer",
+    "RedisStreamConsumer",
     "Registry",
     "RegistryError",
     "Report",
