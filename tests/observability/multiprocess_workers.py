@@ -12,7 +12,7 @@
   marks it dead as prometheus-client's own recipe does (FOLD=0); writes JSON
   with the directory's file count and the scrape time along the way.
 - ``scrape DIR EXPECTED NAIVE``: scrapes DIR in a loop until the file DIR/../stop
-  exists, and writes JSON: how many scrapes, how many saw ``jobs_total`` other
+  exists (30 s at most), and writes JSON: how many scrapes, how many saw ``jobs_total`` other
   than EXPECTED (or failed), and the retries; NAIVE=1 reads with
   prometheus-client's MultiProcessCollector instead of quiesce's.
 """
@@ -132,7 +132,8 @@ def scrape(report: str, directory: str, expected: str, naive: str) -> None:
     stop = Path(directory).parent / "stop"
     scrapes = wrong = 0
     say("SCRAPING")
-    while not stop.exists():
+    deadline = time.monotonic() + 30  # the test may have died: never outlive it for long
+    while not stop.exists() and time.monotonic() < deadline:
         scrapes += 1
         try:
             value = registry.get_sample_value("jobs_total")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,17 @@ def test_a_scrape_during_folds_never_counts_a_worker_twice_nor_misses_one(
     assert ours["retries"] > 0, ours  # the reads did overlap the folds
     # The same folds, read as prometheus-client's own collector reads: counted twice or lost.
     assert upstream["wrong"] > 0, upstream
+    assert os.listdir(directory) == ["counter_folded.db"]
+    assert value(read_dir(directory), "jobs_total") == len(pids)
+
+
+def test_folds_from_several_threads_at_once_lose_no_worker(tmp_path: Path) -> None:
+    directory = prepare_dir(tmp_path / "metrics")
+    pids = list(range(41, 241))
+    for pid in pids:
+        dead_worker(directory, pid, 1.0)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda pid: fold_dead(directory, pid), pids))
     assert os.listdir(directory) == ["counter_folded.db"]
     assert value(read_dir(directory), "jobs_total") == len(pids)
 
