@@ -143,6 +143,7 @@ def fold_dead(path: str | os.PathLike[str], pid: int, *, timeout: float = 5.0) -
         TimeoutError: another fold of this process held on for ``timeout`` seconds.
         OSError: a file cannot be read, written or removed (the totals stay exact:
             the next fold finishes this one).
+        RuntimeError: a file is corrupt (prometheus-client's own reads fail on it too).
 
     """
     if pid <= 0:
