@@ -46,7 +46,7 @@ __all__ = ["RabbitMQConsumer"]
 
 logger = logging.getLogger("quiesce.lifecycle")
 
-#: An idle fetch returns an empty list after this long (the base simply fetches again).
+#: An idle fetch looks at the channel again after this long, and returns nothing.
 FETCH_WAIT = 1.0
 
 
