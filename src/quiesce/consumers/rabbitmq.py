@@ -83,6 +83,7 @@ class RabbitMQConsumer(Consumer[bytes]):
     """
 
     broker = "rabbitmq"
+    ack_never_waits = True  # basic_ack(wait=False) queues the frame for the writer
 
     def __init__(
         self,
