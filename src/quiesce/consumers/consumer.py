@@ -74,8 +74,10 @@ class Consumer(BaseServer, Generic[B]):
 
     #: The broker kind, as :attr:`Message.broker` says it.
     broker = "broker"
-    #: True when ``_ack`` never waits on the broker (it queues the frame): it is then
-    #: awaited as it is, without a timeout of its own (one per message costs ~4 us).
+    #: True when ``_ack`` never waits on the broker (it queues the frame), or bounds its
+    #: own wait (Redis: one bound for the acks of a tick, sent in one XACK, within
+    #: ``call_timeout`` and the stop's deadline): it is then awaited as it is, without a
+    #: timeout of its own (one per message costs ~4 us).
     ack_never_waits = False
 
     def __init__(
