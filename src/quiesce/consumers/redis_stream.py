@@ -78,6 +78,7 @@ class RedisStreamConsumer(Consumer[Fields]):
     """
 
     broker = "redis"
+    ack_never_waits = True  # _ack bounds its own wait: one bound for a batch of acks
 
     def __init__(
         self,
@@ -132,8 +133,7 @@ class RedisStreamConsumer(Consumer[Fields]):
         self._waiting: dict[str, float] = {}  # entry id -> when its retry is due
         self._next_sweep = 0.0
         self._sweep_from = "0-0"
-        self._acks: list[str] = []
-        self._acked: asyncio.Future[bool] | None = None  # the batch _acks will be in
+        self._batch: list[tuple[str, asyncio.Future[bool]]] | None = None  # acks to join
 
     def check(self) -> None:
         """Check the options.
@@ -233,9 +233,14 @@ class RedisStreamConsumer(Consumer[Fields]):
     # -- fetching --------------------------------------------------------------
 
     async def _fetch(self, limit: int) -> Sequence[Message[Fields]]:
-        async with asyncio.timeout(self.call_timeout):
-            taken = await self._take(limit)
-        return await self._read_new(limit) if taken is None else taken
+        # Looked at before paying for a bound: most reads are of new entries only.
+        due = bool(self._waiting) or time.monotonic() >= self._next_sweep
+        if due or self._recover or self._cursor is not None:
+            async with asyncio.timeout(self.call_timeout):
+                taken = await self._take(limit)
+            if taken is not None:
+                return taken
+        return await self._read_new(limit)
 
     async def _take(self, limit: int) -> list[Message[Fields]] | None:
         """What is there to take before new entries; None: nothing, read new ones."""
@@ -347,21 +352,30 @@ class RedisStreamConsumer(Consumer[Fields]):
     # -- settling --------------------------------------------------------------
 
     async def _ack(self, message: Message[Fields]) -> bool:
-        self._acks.append(message.id)
-        if (batch := self._acked) is not None:
-            return await asyncio.shield(batch)
-        batch = self._acked = asyncio.get_running_loop().create_future()
+        # The acks of the handlers that return in one tick go in one XACK, under one bound
+        # (ack_never_waits: the base gives each ack no timer of its own).
+        if self._batch is not None:  # another's XACK is about to go: join it
+            waiter = asyncio.get_running_loop().create_future()
+            self._batch.append((message.id, waiter))
+            joined: bool = await waiter
+            return joined
+        batch: list[tuple[str, asyncio.Future[bool]]] = []
+        self._batch = batch
         ok = False
         try:
-            await asyncio.sleep(0)  # the handlers that return in this tick join the batch
-            ids, self._acks, self._acked = self._acks, [], None
-            await self._group.ack(ids)
-            ok = True
+            await asyncio.sleep(0)  # the others of this tick join
+            self._batch = None
+            ids = [message.id, *(i for i, _ in batch)]
+            ok, _ = await self._bounded(self._group.ack(ids), f"ack of {' '.join(ids)}")
         finally:
-            if self._acked is batch:  # cut before it was sent: none of them is acked
-                self._acks, self._acked = [], None
-            batch.set_result(ok)
-        return True
+            if self._batch is batch:  # cut before it was sent: none of them is acked
+                self._batch = None
+            # Each its own future, woken together: their handlers end in one tick and the
+            # next read is for all the freed handlers, not for the first one.
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(ok)
+        return ok
 
     async def _retry(self, message: Message[Fields]) -> None:
         if self._stopping:  # nothing reads any more: let the group have it at once
