@@ -18,7 +18,7 @@ from quiesce.config import MAX_SECONDS, seconds_error
 from quiesce.drain import Drain, check_drain, parse_drain
 from quiesce.errors import ConfigError
 
-__all__ = ["LOG_LEVELS", "OPTIONS", "Option", "by_name"]
+__all__ = ["LOG_LEVELS", "MAX_WORKERS", "OPTIONS", "Option", "by_name"]
 
 #: The levels ``--log-level`` takes, as uvicorn names them.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -57,6 +57,18 @@ def _port(value: object) -> int:
     digits = text.isascii() and text.isdigit()  # not "²" nor other scripts' digits
     if isinstance(value, bool) or not digits or not 0 <= int(text) <= 65535:
         raise ValueError("must be an integer from 0 to 65535")
+    return int(text)
+
+
+#: The most worker processes ``--workers`` takes (a typo of 10000 must not fork-bomb the host).
+MAX_WORKERS = 256
+
+
+def _count(value: object) -> int:
+    text = str(value).strip()
+    digits = text.isascii() and text.isdigit()
+    if isinstance(value, bool) or not digits or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"must be an integer from 1 to {MAX_WORKERS}")
     return int(text)
 
 
@@ -159,6 +171,20 @@ OPTIONS = (
         "the platform's kill deadline (Kubernetes terminationGracePeriodSeconds)",
         "SECONDS",
         app="grace_period",
+    ),
+    Option(
+        "workers",
+        _count,
+        None,
+        "serve with N worker processes under a supervisor; SIGHUP reloads them",
+        "N",
+    ),
+    Option(
+        "reload_batch",
+        _count,
+        1,
+        "with --workers: workers a SIGHUP replaces at a time (at most --workers)",
+        "N",
     ),
     Option("log_level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
     Option("access_log", _switch, True, "log each HTTP request", switch=True),

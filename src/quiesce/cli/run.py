@@ -30,7 +30,7 @@ from quiesce.registry import redact
 if TYPE_CHECKING:
     from quiesce.servers.asgi import HTTPServer
 
-__all__ = ["command", "effective"]
+__all__ = ["LEVELS", "check_app", "command", "effective", "load_app", "options_of"]
 
 logger = logging.getLogger("quiesce.cli")
 
@@ -70,15 +70,59 @@ def command(ctx: click.Context, /, **values: Any) -> None:
 def run(flags: Mapping[str, object], environ: Mapping[str, str], cwd: str) -> NoReturn:
     """Gather the options, build the App, then print, check or run it; always exits.
 
+    With ``--workers`` (and neither ``--print-config`` nor ``--check-config``) a
+    supervisor runs instead, and imports nothing of the target's itself
+    (:mod:`quiesce.workers`).
+
     Raises:
         ConfigError: any bad option, target or config file (the CLI prints it
             as one line and exits 2).
 
     """
+    settings = options_of(flags, environ, cwd)
+    actions = _value(settings, "print_config") or _value(settings, "check_config")
+    if _value(settings, "workers") is not None and not actions:
+        from quiesce.workers.supervisor import supervise
+
+        supervise(flags, settings, cwd)
+    configure_logging(LEVELS[_value(settings, "log_level")])
+    app, built = load_app(settings)
+    if _value(settings, "print_config"):
+        for name, setting in effective(settings, app, built=built).items():
+            click.echo(f"{name:<14} {setting.value!s:<32} ({setting.source})")
+        sys.exit(0)
+    line = check_app(app, settings)
+    if _value(settings, "check_config"):
+        spec = _value(settings, "target")
+        click.echo(f"ok: {spec} would serve {', '.join(_servers(app)) or 'no servers'}")
+        click.echo(line)
+        sys.exit(0)
+    app.run()
+
+
+def options_of(
+    flags: Mapping[str, object], environ: Mapping[str, str], cwd: str
+) -> dict[str, Setting]:
+    """Every option set by a flag, a ``QUIESCE_*`` variable or the config file.
+
+    Raises:
+        ConfigError: a bad value, or a bad or unknown config file.
+
+    """
     file_name, table = config_file(_text(flags.get("config")), environ, cwd)
-    settings = gather(flags, environ, file_name, table)
-    level = _value(settings, "log_level")
-    configure_logging(_LEVELS[level])
+    return gather(flags, environ, file_name, table)
+
+
+def load_app(settings: Mapping[str, Setting]) -> tuple[App, bool]:
+    """The App ``quiesce run`` serves: the target imported, with the options applied.
+
+    Returns it and whether it was built here (around an ASGI target).
+
+    Raises:
+        ConfigError: no target, or one that cannot be imported or built
+            (:class:`~quiesce.cli.target.TargetError`), or a bad option.
+
+    """
     spec = _value(settings, "target")
     if spec is None:
         raise OptionError("TARGET: missing (quiesce run module:attr, or target in quiesce.toml)")
@@ -87,20 +131,20 @@ def run(flags: Mapping[str, object], environ: Mapping[str, str], cwd: str) -> No
         made = load(spec, factory=_value(settings, "factory"), app_dir=_value(settings, "app_dir"))
     except TargetError as exc:
         raise TargetError(f"TARGET ({source}): {exc}") from None
-    app = build(made, spec, source, settings)
-    if _value(settings, "print_config"):
-        for name, setting in effective(settings, app, built=not isinstance(made, App)).items():
-            click.echo(f"{name:<14} {setting.value!s:<32} ({setting.source})")
-        sys.exit(0)
+    return build(made, spec, source, settings), not isinstance(made, App)
+
+
+def check_app(app: App, settings: Mapping[str, Setting]) -> str:
+    """Check ``app`` as its run would (:meth:`App.check`); returns the stop budget line.
+
+    Raises:
+        ConfigError: what the run would refuse, naming the option the user set and where.
+
+    """
     try:
-        line = app.check()  # what the run would refuse, named with the value's source
+        return app.check()
     except ConfigError as exc:
         raise _sourced(exc, settings) from None
-    if _value(settings, "check_config"):
-        click.echo(f"ok: {spec} would serve {', '.join(_servers(app)) or 'no servers'}")
-        click.echo(line)
-        sys.exit(0)
-    app.run()
 
 
 def build(made: object, spec: str, source: str, settings: Mapping[str, Setting]) -> App:
@@ -286,4 +330,5 @@ def _servers(app: App) -> list[str]:
     return [f"{s.name} ({', '.join(s.endpoints())})" for s in app.servers]
 
 
-_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
+#: ``--log-level`` names and the logging levels they set.
+LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}

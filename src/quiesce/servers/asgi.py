@@ -28,7 +28,7 @@ import uvicorn
 from quiesce.errors import ConfigError, StartError
 from quiesce.lifecycle import Lifecycle
 from quiesce.servers.gate import ASGIApp, Gate
-from quiesce.servers.listening import ListeningServer
+from quiesce.servers.listening import ListeningServer, inherited_socket
 from quiesce.servers.uvicorn_parts import (
     ConnectionSet,
     LifespanLog,
@@ -279,6 +279,9 @@ class HTTPServer(ListeningServer):
     # -- internals -------------------------------------------------------------
 
     def _bind(self) -> socket.socket:
+        if (inherited := inherited_socket(self.address)) is not None:
+            inherited.setblocking(False)  # a supervisor's, shared by its workers
+            return inherited
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only
         # when the listener says it is TCP; without it every response waits for a

@@ -4,6 +4,9 @@ The HTTP, gRPC and TCP adapters subclass :class:`ListeningServer`; so will
 every later kind that listens. A busy port fails each of them the same way:
 ``server 'http' failed to start: cannot listen on 127.0.0.1:8000: Address
 already in use``.
+
+Under ``quiesce run --workers N`` the supervisor binds the HTTP sockets once and
+its workers inherit them (:func:`inherited_socket`): one accept queue for all.
 """
 
 from __future__ import annotations
@@ -11,16 +14,49 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from quiesce.config import check_seconds
 from quiesce.errors import ConfigError, StartError
 from quiesce.servers.contract import BaseServer
 
-__all__ = ["ListeningServer", "advertised_host", "check_listen"]
+__all__ = [
+    "INHERITED_SOCKETS",
+    "ListeningServer",
+    "advertised_host",
+    "check_listen",
+    "inherited_socket",
+]
 
 #: Addresses that mean "every interface": a bind address, never one to reach a server on.
 WILDCARDS = ("0.0.0.0", "::", "")
+
+#: The variable a supervisor names the listening sockets it passed in: ``host:port=fd,...``.
+INHERITED_SOCKETS = "QUIESCE_INHERITED_SOCKETS"
+
+#: The inherited descriptors by address, read once from :data:`INHERITED_SOCKETS`.
+_inherited: dict[str, int] | None = None
+
+
+def inherited_socket(address: str, environ: Mapping[str, str] = os.environ) -> socket.socket | None:
+    """A listening socket for ``address`` (``host:port``) that this process inherited, or None.
+
+    A supervisor (``quiesce run --workers``) binds each HTTP socket once and its
+    workers serve on it, so that they share one accept queue. Each call returns
+    a new descriptor of the same socket (closing it leaves the inherited one
+    open for a later run). The variable is read once and then removed from
+    ``os.environ``: a process this one starts does not have the descriptors.
+    """
+    global _inherited
+    if _inherited is None:
+        _inherited = {}
+        for item in environ.get(INHERITED_SOCKETS, "").split(","):
+            where, _, number = item.rpartition("=")
+            if where and number.isdigit():
+                _inherited[where] = int(number)
+        os.environ.pop(INHERITED_SOCKETS, None)
+    fd = _inherited.get(address)
+    return None if fd is None else socket.socket(fileno=os.dup(fd))
 
 
 def advertised_host(host: str) -> str:
