@@ -70,6 +70,8 @@ CASES = [
     Case("start_timeout", "7", "7", "7.0"),
     Case("hook_timeout", "3", "3.0", "3.0"),
     Case("grace_period", "45", "45", "45.0"),
+    Case("workers", "4", "4", "4"),
+    Case("reload_batch", "2", "2", "2"),
     Case("log_level", "DEBUG", '"debug"', "debug"),
     Case("access_log", "off", "false", "False", flag=("--no-access-log",)),
     Case("report_json", "out.json", '"out.json"', "out.json"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from quiesce.cli.options import LOG_LEVELS, OPTIONS, Option, by_name
+from quiesce.cli.options import LOG_LEVELS, MAX_WORKERS, OPTIONS, Option, by_name
 from quiesce.cli.sources import OptionError, gather, parse
 from quiesce.config import MAX_SECONDS
 from quiesce.drain import Drain
@@ -41,6 +41,7 @@ VALUES = {
     "DIR": "a folder, relative to the current directory",
     "HOST": "an address to bind: `127.0.0.1` (the default, loopback only) or `0.0.0.0`",
     "PORT": "an integer from 0 to 65535 (0: the system picks a free port)",
+    "N": f"an integer from 1 to {MAX_WORKERS} ([workers](workers.md))",
     "URL": "a registry URL: `file:`, `file:///dir`, `etcd://host:port` ([registry](registry.md))",
     "NAME": "a non-empty string",
     "SECONDS": f"a positive, finite number of seconds, at most {MAX_SECONDS:g} (a day)",
