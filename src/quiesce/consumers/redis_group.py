@@ -9,7 +9,8 @@ socket timeouts and the consumer's ``_bounded``: nothing here waits by itself.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from quiesce.consumers.message import Message
 
-__all__ = ["Fields", "GroupCalls", "entries", "without_password"]
+__all__ = ["NO_HEADERS", "Fields", "GroupCalls", "entries", "without_password"]
 
 #: A stream entry's fields, decoded as UTF-8 (bytes that are not come as surrogate escapes).
 Fields = dict[str, str]
@@ -26,6 +27,8 @@ Fields = dict[str, str]
 Found = list[tuple[str, Fields]]
 
 BROKER = "redis"
+#: A stream entry's headers: none, one shared read-only mapping for all.
+NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
 class GroupCalls:
@@ -152,7 +155,7 @@ class GroupCalls:
     def _with_counts(self, found: Found, pending: list[Any]) -> list[Message[Fields]]:
         counts = {p[0]["message_id"]: p[0] for p in pending if p}
         return [
-            Message(i, f, {}, int(counts[i]["times_delivered"]), BROKER)
+            Message(i, f, NO_HEADERS, int(counts[i]["times_delivered"]), BROKER)
             for i, f in found
             if i in counts and counts[i]["consumer"] == self.consumer  # else not ours now
         ]
@@ -163,7 +166,8 @@ def entries(reply: Any) -> Found:
     if not reply:
         return []
     streams = reply.values() if isinstance(reply, dict) else [s[1] for s in reply]
-    return [(str(i), dict(f or {})) for found in streams for i, f in found]
+    # redis-py made each fields dict (decode_responses): no copy; None for a deleted entry.
+    return [(i, f or {}) for found in streams for i, f in found]
 
 
 def without_password(url: str) -> str:

@@ -31,7 +31,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from quiesce import config
 from quiesce.consumers.consumer import Consumer
 from quiesce.consumers.message import Handler, Message
-from quiesce.consumers.redis_group import Fields, GroupCalls, entries, without_password
+from quiesce.consumers.redis_group import (
+    NO_HEADERS,
+    Fields,
+    GroupCalls,
+    entries,
+    without_password,
+)
 from quiesce.errors import ConfigError
 
 __all__ = ["Fields", "RedisStreamConsumer"]
@@ -299,7 +305,7 @@ class RedisStreamConsumer(Consumer[Fields]):
             raise
         finally:
             self._read_until = 0.0
-        return [Message(i, f, {}, 1, self.broker) for i, f in entries(reply) if f]
+        return [Message(i, f, NO_HEADERS, 1, self.broker) for i, f in entries(reply) if f]
 
     async def _sweep(self, limit: int) -> list[Message[Fields]]:
         """Claim entries pending over ``claim_idle`` (their consumer died): one call a fetch."""
@@ -405,4 +411,4 @@ class RedisStreamConsumer(Consumer[Fields]):
         limit = 2 * self.concurrency + len(self._waiting)
         left = await self._orphans(limit, keep_waiting=False)
         self._waiting.clear()
-        return [Message(i, {}, {}, count, self.broker) for i, count in left]
+        return [Message(i, {}, NO_HEADERS, count, self.broker) for i, count in left]
