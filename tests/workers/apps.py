@@ -57,3 +57,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def grpc_server() -> Any:
+    """A bare ``grpc.aio.Server`` (``--grpc workers.apps:grpc_server``): the health service only."""
+    import grpc
+
+    return grpc.aio.server()

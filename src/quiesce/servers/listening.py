@@ -39,12 +39,13 @@ _inherited: dict[str, int] | None = None
 
 
 def inherited_socket(address: str, environ: Mapping[str, str] = os.environ) -> socket.socket | None:
-    """A listening socket for ``address`` (``host:port``) that this process inherited, or None.
+    """The listening socket for ``address`` (``host:port``) this process inherited, or None.
 
     A supervisor (``quiesce run --workers``) binds each HTTP socket once and its
-    workers serve on it, so that they share one accept queue. Each call returns
-    a new descriptor of the same socket (closing it leaves the inherited one
-    open for a later run). The variable is read once and then removed from
+    workers serve on it, so that they share one accept queue. It is handed out
+    once: the server that closes it closes this process's last copy, so the
+    process no longer holds the socket open behind it (a later server on that
+    address binds its own). The variable is read once and then removed from
     ``os.environ``: a process this one starts does not have the descriptors.
     """
     global _inherited
@@ -55,8 +56,8 @@ def inherited_socket(address: str, environ: Mapping[str, str] = os.environ) -> s
             if where and number.isdigit():
                 _inherited[where] = int(number)
         os.environ.pop(INHERITED_SOCKETS, None)
-    fd = _inherited.get(address)
-    return None if fd is None else socket.socket(fileno=os.dup(fd))
+    fd = _inherited.pop(address, None)
+    return None if fd is None else socket.socket(fileno=fd)
 
 
 def advertised_host(host: str) -> str:

@@ -101,7 +101,14 @@ class Worker:
             raise
         finally:
             theirs.close()
-        return cls(proc, await Channel.open(mine), generation)
+        try:
+            channel = await Channel.open(mine)
+        except BaseException:  # cancelled (the supervisor stops): no worker left unwatched
+            mine.close()
+            proc.kill()
+            proc.wait()
+            raise
+        return cls(proc, channel, generation)
 
     # -- what it says -----------------------------------------------------------
 

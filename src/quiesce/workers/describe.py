@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from quiesce.drain import Drain
-from quiesce.errors import ConfigError
+from quiesce.errors import ConfigError, StartError
 from quiesce.registry import Registry
+from quiesce.report import ExitCode
 from quiesce.servers.listening import ListeningServer
+from quiesce.workers.child import REAP_TIMEOUT, Spawn, Worker, exit_text
 
-__all__ = ["Description", "Listener", "ServerSpec", "bind", "describe", "inherited"]
+__all__ = ["Description", "Listener", "ServerSpec", "ask", "bind", "describe", "inherited"]
 
 #: uvicorn's default listen backlog, when an HTTP server does not set its own.
 DEFAULT_BACKLOG = 2048
@@ -81,6 +83,39 @@ def _server(server: object) -> dict[str, Any] | None:
         "port": server.port,
         "backlog": backlog,
     }
+
+
+async def ask(spawn: Spawn, timeout: float, waited: list[str]) -> Description | int:
+    """Start a describe child with ``spawn`` and read its :class:`Description`.
+
+    Returns the child's exit code instead (1: the target cannot be loaded, 2: a
+    bad option) when it failed and said why: its one line is on stderr already.
+    ``waited`` gets the child's name.
+
+    Raises:
+        StartError: the child took longer than ``timeout`` seconds (it is killed),
+            or ended in another way.
+
+    """
+    child = await Worker.start(spawn, 0)
+    waited.append(f"describe child {child.pid}")
+    try:
+        if not await child.wait(timeout):
+            raise StartError("target", f"loading it took longer than start_timeout={timeout:g}s")
+    finally:
+        if child.running:
+            child.kill()
+            await child.wait(REAP_TIMEOUT)
+    await child.heard()
+    code = child.exited.result()
+    if code in (ExitCode.FAILED, ExitCode.CONFIG) and child.error is not None:
+        return code
+    if code != 0 or child.description is None:
+        raise StartError("target", f"the describe child ended with {exit_text(code)}")
+    try:
+        return Description.of(child.description)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StartError("target", f"the describe child said something else: {exc!r}") from None
 
 
 @dataclass(frozen=True)

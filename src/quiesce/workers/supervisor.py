@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import NoReturn
 
 from quiesce.cli.options import by_name
 from quiesce.cli.sources import OptionError, Setting
@@ -46,25 +46,24 @@ from quiesce.report import ExitCode
 from quiesce.servers.listening import INHERITED_SOCKETS
 from quiesce.signals import REPEAT_WINDOW
 from quiesce.workers import metrics_dir
-from quiesce.workers.child import REAP_TIMEOUT, Spawn, Worker, exit_text
-from quiesce.workers.describe import Description, Listener, bind, inherited
+from quiesce.workers.child import REAP_TIMEOUT, Spawn, Worker
+from quiesce.workers.describe import Description, Listener, ask, bind, inherited
 from quiesce.workers.pool import Pool
 from quiesce.workers.reload import RELOAD_DRAIN, reload
+from quiesce.workers.stopping import (
+    FORCE_KILL_AFTER,
+    KILL_MARGIN,
+    Timings,
+    gather,
+    stop_workers,
+    unless_forced,
+)
 from quiesce.workers.summary import SupervisorReport
 from quiesce.workers.worker import LOG_FORMAT
 
-__all__ = ["FORCE_KILL_AFTER", "KILL_MARGIN", "Supervisor", "supervise"]
+__all__ = ["Supervisor", "supervise"]
 
 logger = logging.getLogger("quiesce.workers")
-
-#: Past the stop budget, how long a worker still gets before it is SIGKILLed (its own App cuts
-#: what it must at the budget: this is for a worker whose loop is blocked).
-KILL_MARGIN = 1.0
-#: After a second signal, how long the forced workers get before they are SIGKILLed (an App's
-#: forced end takes at most 1 s, its watchdog's bound).
-FORCE_KILL_AFTER = 1.5
-#: The stop budget a worker gets when the stop is forced before it was told to stop.
-FORCED_BUDGET = 0.01
 
 
 def supervise(flags: Mapping[str, object], settings: Mapping[str, Setting], cwd: str) -> NoReturn:
@@ -130,7 +129,7 @@ class Supervisor:
         self.batch = batch
         self.describe_timeout = describe_timeout
         self.kill_margin = kill_margin
-        self.force_kill_after = force_kill_after
+        self.timings = Timings(kill_margin, force_kill_after)
         self.reload_drain = reload_drain
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.report = SupervisorReport(app="quiesce-workers", id=self.id)
@@ -272,32 +271,18 @@ class Supervisor:
 
     async def _describe(self, rec: PhaseRecord) -> None:
         hello = {"flags": self.flags, "cwd": self.cwd, "describe": True}
-        child = await Worker.start(Spawn(hello, self.environ, self.cwd), 0)
-        rec.waited_for.append(f"describe child {child.pid}")
-        try:
-            if not await child.wait(self.describe_timeout):
-                why = f"loading it took longer than start_timeout={self.describe_timeout:g}s"
-                raise StartError("target", why)
-        finally:
-            if child.running:
-                child.kill()
-                await child.wait(REAP_TIMEOUT)
-        await child.heard()
-        code = child.exited.result()
-        if code in (ExitCode.FAILED, ExitCode.CONFIG) and child.error is not None:
-            self._exit_now = code
+        # Not the pool's metrics directory: the child would leave its files there.
+        env = {k: v for k, v in self.environ.items() if k != metrics_dir.VARIABLE}
+        found = await ask(Spawn(hello, env, self.cwd), self.describe_timeout, rec.waited_for)
+        if isinstance(found, int):
+            self._exit_now = found
             return
-        if code != 0 or child.description is None:
-            raise StartError("target", f"the describe child ended with {exit_text(code)}")
-        try:
-            self.description = desc = Description.of(child.description)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StartError("target", f"the describe child said something else: {exc!r}") from None
-        if desc.registry is not None:
+        self.description = found
+        if found.registry is not None:
             self._registration = Registration(
-                desc.registry, timeout=desc.registry_timeout, required=desc.registry_required
+                found.registry, timeout=found.registry_timeout, required=found.registry_required
             )
-            self._registration.resolve(desc.name)
+            self._registration.resolve(found.name)
 
     def _make_pool(self, desc: Description) -> Pool:
         env = {**self.environ, INHERITED_SOCKETS: inherited(self.listeners)}
@@ -344,7 +329,8 @@ class Supervisor:
         if desc is not None and registration is not None and registration.began:
             budget = min(desc.registry_timeout, left())
             async with seq.step("deregister", budget) as rec:
-                if await self._unless_forced(registration.deregister(rec), budget) == "timeout":
+                ended = await unless_forced(registration.deregister(rec), budget, self._forced)
+                if ended == "timeout":
                     rec.timed_out(f"registry {registration.label} (timeout {budget:.3g}s)")
         else:
             seq.skip("deregister", "not registered")
@@ -353,82 +339,13 @@ class Supervisor:
         for listener in self.listeners:
             listener.close()
 
-        # Every worker at once, each told what is left of the one budget.
+        # Every worker at once, each told what is left of the one budget; then the kills.
         workers = self.pool.live() if self.pool is not None else []
         if not workers:
             seq.skip("stop_workers", "no workers")
             return
-        stuck: list[Worker] = []
-        async with seq.step("stop_workers", left() + self.kill_margin) as rec:
-            rec.waited_for.extend(f"worker {w.pid}" for w in workers)
-            forced = self._forced.is_set()
-            for worker in workers:
-                worker.stop(FORCED_BUDGET if forced else left())
-            if not forced:
-                await self._exits(workers, left() + self.kill_margin, or_forced=True)
-            if self._forced.is_set():
-                rec.mark(Outcome.FORCED)
-                for worker in workers:  # their App's second stop signal: the forced end
-                    if worker.running:
-                        worker.signal(signal.SIGTERM)
-                await self._exits(workers, self.force_kill_after)
-            stuck = [w for w in workers if w.running]
-            for worker in stuck:
-                rec.timed_out(f"worker {worker.pid} [still running]")
-
-        # What did not stop in time, SIGKILLed and named.
-        if stuck:
-            async with seq.step("kill", REAP_TIMEOUT) as rec:
-                margin = self.force_kill_after if self._forced.is_set() else self.kill_margin
-                when = "forced" if self._forced.is_set() else f"the budget {total:g}s"
-                for worker in stuck:
-                    worker.kill()
-                    rec.cut.append(f"worker {worker.pid}: SIGKILLed at {when} + {margin:g}s")
-                await asyncio.gather(*(w.wait(REAP_TIMEOUT) for w in stuck))
-                rec.mark(Outcome.TIMEOUT)
-        for worker in workers:
-            await worker.heard()
-            code = worker.proc.returncode
-            known = {"exit": exit_text(code), "exit_code": code, "killed": worker.killed}
-            found = worker.report(self._folder) if not worker.killed else None
-            self.report.workers[str(worker.pid)] = found if found is not None else known
-            if found is not None and code != found.get("exit_code"):
-                found["exit_code"] = code  # what the process did is what counts
-
-    async def _exits(
-        self, workers: list[Worker], timeout: float, *, or_forced: bool = False
-    ) -> None:
-        """Until every one of ``workers`` exited, ``timeout`` passed, or (``or_forced``) a force."""
-        waits: set[asyncio.Future[Any]] = {w.exited for w in workers if w.running}
-        forced = asyncio.ensure_future(self._forced.wait()) if or_forced else None
-        if forced is not None:
-            waits.add(forced)
-        deadline = time.monotonic() + timeout
-        try:
-            while waits - {forced} and (remaining := deadline - time.monotonic()) > 0:
-                done, waits = await asyncio.wait(
-                    waits, timeout=remaining, return_when="FIRST_COMPLETED"
-                )
-                if forced is not None and forced in done:
-                    return
-        finally:
-            if forced is not None:
-                forced.cancel()
-
-    async def _unless_forced(self, work: Awaitable[object], timeout: float) -> str:
-        """Run ``work`` for up to ``timeout`` seconds: ``done``, ``timeout``, or ``forced``."""
-        task = asyncio.ensure_future(work)
-        forced = asyncio.ensure_future(self._forced.wait())
-        try:
-            await asyncio.wait({task, forced}, timeout=timeout, return_when="FIRST_COMPLETED")
-        finally:
-            forced.cancel()
-        if task.done():
-            task.result()  # its error goes to the step
-            return "done"
-        task.cancel()
-        await asyncio.wait({task}, timeout=REAP_TIMEOUT)
-        return "forced" if self._forced.is_set() else "timeout"
+        await stop_workers(seq, workers, left, self._forced, total, self.timings)
+        self.report.workers = gather(workers, self._folder)
 
     # -- events ----------------------------------------------------------------
 
