@@ -74,6 +74,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_throughput.py 8 2 --log file
 	$(BIN)/python bench/http_throughput.py 8 2 --log slowpipe
 	$(BIN)/python bench/rolling_restart.py
+	$(BIN)/python bench/workers_throughput.py
+	$(BIN)/python bench/workers_reload.py
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .ruff_cache .pytest_cache
