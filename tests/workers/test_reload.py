@@ -63,7 +63,7 @@ def reload_once(svc: Pool, workers: int, reloads: int) -> tuple[list[int], float
         (2, 3),
         # The "0 failed requests in 10 of 10 runs" as 10 reloads of 4 workers in a
         # row (35 s): slow; bench/workers_reload.py repeats it against gunicorn and uvicorn.
-        pytest.param(4, 10, marks=pytest.mark.slow),
+        pytest.param(4, 10, marks=[pytest.mark.slow, pytest.mark.timeout(240)]),
     ],
 )
 def test_sighup_under_load_replaces_every_worker_with_no_failed_request(

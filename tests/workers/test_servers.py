@@ -14,6 +14,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import free_ports
+from registry.conftest import Cluster
 
 from .conftest import Pool
 
@@ -75,5 +76,34 @@ def test_one_scrape_covers_the_pool_and_dead_workers_are_folded(
     # Five dead workers, yet only the live ones' files and the folded ones.
     pids = {int(p) for p in re.findall(r"_(\d+)\.db$", "\n".join(os.listdir(folder)), re.M)}
     assert len(pids) <= 2, sorted(os.listdir(folder))
+    svc.signal(signal.SIGTERM)
+    assert svc.wait() == 0, svc.proc
+
+
+def test_the_supervisors_registration_is_in_the_pools_metrics(
+    pool: Start, tmp_path: Path, etcd: Cluster
+) -> None:
+    (admin,) = free_ports(1)
+    prefix = f"/quiesce-workers-metrics-{time.monotonic_ns()}"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    svc = pool(2, "--admin-port", str(admin), "--registry", etcd.url(prefix=prefix), env=env)
+    svc.ready_workers(2)
+    svc.wait_log(r"supervisor ready")
+
+    def registered(expected: float) -> None:
+        deadline = time.monotonic() + 10
+        while scrape(admin).get("quiesce_registered") != expected:
+            assert time.monotonic() < deadline, scrape(admin)
+            time.sleep(0.05)
+
+    registered(1.0)  # the workers register nothing: the supervisor told them
+    svc.signal(signal.SIGHUP)  # new workers are told too, as they become ready
+    svc.wait_log(r"reload done")
+    new = svc.ready_workers(4)[-2:]
+    deadline = time.monotonic() + 10
+    while not all(f"_{pid}.db" in "".join(os.listdir(tmp_path / "metrics")) for pid in new):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    registered(1.0)
     svc.signal(signal.SIGTERM)
     assert svc.wait() == 0, svc.proc

@@ -133,6 +133,11 @@ class Worker:
         if self._channel_ended or not self.channel.send({"stop": budget, "drain": drain}):
             self.signal(signal.SIGTERM)
 
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send ``message`` if the worker still listens (what it is only told, not asked)."""
+        if not self._channel_ended:
+            self.channel.send(message)
+
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the worker, unless it has exited (its pid may be another's now)."""
         with contextlib.suppress(ProcessLookupError):

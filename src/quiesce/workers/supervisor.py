@@ -139,6 +139,8 @@ class Supervisor:
         self.running = False
         self._folder = ""
         self._registration: Registration | None = None
+        #: Whether the one instance is in the registry now (the workers' ``quiesce_registered``).
+        self._registered = False
         self._endpoints: tuple[str, ...] = ()
         self._exit_now: int | None = None  # the describe child's code: exit with it at once
         self._fatal: str | None = None
@@ -264,9 +266,10 @@ class Supervisor:
                 instance = Instance(
                     self.id, desc.name, desc.version, dict(desc.metadata), self._endpoints
                 )
-                await self._registration.register(rec, instance, desc.registry_timeout)
+                now = await self._registration.register(rec, instance, desc.registry_timeout)
             if not rec.ok:
                 return
+            self._tell_registered(now)
         self.running = True
 
     async def _describe(self, rec: PhaseRecord) -> None:
@@ -332,6 +335,7 @@ class Supervisor:
                 ended = await unless_forced(registration.deregister(rec), budget, self._forced)
                 if ended == "timeout":
                     rec.timed_out(f"registry {registration.label} (timeout {budget:.3g}s)")
+            self._tell_registered(False)
         else:
             seq.skip("deregister", "not registered")
 
@@ -353,6 +357,14 @@ class Supervisor:
         if not self._first_ready.is_set():
             self._endpoints = tuple(worker.endpoints)
             self._first_ready.set()
+        if self._registered:
+            worker.tell({"registered": True})
+
+    def _tell_registered(self, now: bool) -> None:
+        """Say to every live worker whether the instance is registered: their metrics show it."""
+        self._registered = now
+        for worker in self.pool.live() if self.pool is not None else []:
+            worker.tell({"registered": now})
 
     def _workers_failed(self, line: str) -> None:
         self._fatal = line

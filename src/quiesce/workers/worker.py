@@ -124,6 +124,8 @@ class Link(Observer):
             while (message := await channel.receive()) is not None:
                 if "stop" in message:
                     self._stop(message.get("stop"), message.get("drain"))
+                elif "registered" in message:  # the supervisor's one instance
+                    self._app.lifecycle.registered = message["registered"] is True
             self._stop(None, None)  # the supervisor is gone
         finally:
             ready.cancel()
