@@ -1,4 +1,4 @@
-"""An ASGI app (FastAPI, Starlette, Litestar...) served by an embedded uvicorn.
+"""An ASGI app (FastAPI, Starlette, Litestar...) served by an embedded uvicorn (or granian).
 
 uvicorn's own ``Server.serve()`` is not used: it captures SIGINT/SIGTERM and
 re-raises them when it stops, calls ``sys.exit(3)`` when startup fails, and
@@ -11,6 +11,10 @@ on an event that fires when the last one is gone.
 The request path stays nearly free: health and readiness are answered by two
 path comparisons; ``Connection: close`` is added only while draining; the
 in-flight count is uvicorn's own ``server_state.tasks``.
+
+``engine="granian"`` serves the same app on granian instead
+(:mod:`quiesce.servers.granian_engine`): the socket, the probes, the drain
+header and the options check stay here; the serving and the stop are its.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import uvicorn
 from quiesce.errors import ConfigError, StartError
 from quiesce.lifecycle import Lifecycle
 from quiesce.servers.gate import ASGIApp, Gate
+from quiesce.servers.granian_engine import GranianEngine, check_granian_options
 from quiesce.servers.listening import ListeningServer, inherited_socket
 from quiesce.servers.uvicorn_parts import (
     ConnectionSet,
@@ -73,6 +78,14 @@ class HTTPServer(ListeningServer):
     configuration (exit code 2). Each request and each new connection (probes
     aside) is an arrival for the app's adaptive drain.
 
+    ``engine="granian"`` (extra ``quiesce[granian]``) serves it on granian's
+    Rust HTTP stack instead, with the same probes, drain and stop guarantees
+    (docs/granian.md says where they differ); its options are the common
+    ones under uvicorn's names (``access_log``, ``backlog``, ``lifespan``,
+    ``ssl_certfile``, ``ssl_keyfile``, ``ssl_keyfile_password``) plus
+    granian's own (``runtime_threads``, ``backpressure``, ``http``...); an
+    unknown one is a bad configuration too.
+
     Raises (from :meth:`start`):
         StartError: the port cannot be bound, or the ASGI lifespan startup failed.
     """
@@ -92,12 +105,16 @@ class HTTPServer(ListeningServer):
         stop_timeout: float | None = None,
         health_path: str | None = "/healthz",
         ready_path: str | None = "/readyz",
+        engine: str = "uvicorn",
         **uvicorn_options: Any,
     ) -> None:
         super().__init__(
             host=host, port=port, name=name, depends_on=depends_on, stop_timeout=stop_timeout
         )
         self.app = asgi_app
+        #: What serves it: "uvicorn" (the default) or "granian".
+        self.engine = engine
+        self._granian: GranianEngine | None = None
         self._picked_port: int | None = None  # the port the system chose for port=0
         self.uvicorn_options = {"log_config": None, **uvicorn_options}
         self.scheme = "https" if self.uvicorn_options.get("ssl_certfile") else "http"
@@ -124,11 +141,18 @@ class HTTPServer(ListeningServer):
         where = self.where
         if not callable(self.app):
             raise ConfigError(f"{where}: {self.app!r} is not an ASGI app (not callable)")
-        check_uvicorn_options(where, self.uvicorn_options)
-        try:
-            self._config()
-        except TypeError as exc:  # an unknown keyword: a typo of a uvicorn option
-            raise ConfigError(f"{where}: uvicorn options: {exc}") from None
+        if self.engine == "granian":
+            _granian_installed(where)
+            check_granian_options(where, self.uvicorn_options)
+        elif self.engine != "uvicorn":
+            must = "must be 'uvicorn' or 'granian'"
+            raise ConfigError(f"{where}: engine={self.engine!r}: {must}")
+        else:
+            check_uvicorn_options(where, self.uvicorn_options)
+            try:
+                self._config()
+            except TypeError as exc:  # an unknown keyword: a typo of a uvicorn option
+                raise ConfigError(f"{where}: uvicorn options: {exc}") from None
         gate = self._gate
         for option, path in (("health_path", gate.health_path), ("ready_path", gate.ready_path)):
             if path is not None and not str(path).startswith("/"):
@@ -144,7 +168,7 @@ class HTTPServer(ListeningServer):
 
         """
         super().attach(lifecycle)
-        if self._server is not None:
+        if self._server is not None or self._granian is not None:
             raise ConfigError(f"{self.where} is in use: one App at a time")
         self._gate.lifecycle = lifecycle
         self._gate.arrived = lifecycle.arrived if self.counts_arrivals else None
@@ -166,6 +190,15 @@ class HTTPServer(ListeningServer):
         self._lifespan_errors = []
         self._gate.reset()
         sock = self._bind()
+        if self.engine == "granian":
+            engine = GranianEngine(self.where, self.name, self._gate, self.uvicorn_options)
+            try:
+                await engine.start(sock)
+            except BaseException:
+                sock.close()
+                raise
+            self._granian = engine
+            return
         config = self._config()
         server = uvicorn.Server(config)
         # Track connections in a set that says when it empties: the stop waits on that.
@@ -198,7 +231,7 @@ class HTTPServer(ListeningServer):
     async def drain(self) -> None:
         """Go not-ready and make every response from now on close its connection."""
         self._gate.draining = True
-        for connection in list(self._connections):
+        for connection in list(self._connections):  # none on granian: its responses say it
             cycle = getattr(connection, "cycle", None)
             if cycle is not None and not cycle.response_started:
                 cycle.keep_alive = False
@@ -208,6 +241,12 @@ class HTTPServer(ListeningServer):
 
         Returns one line per request or WebSocket that had to be cut.
         """
+        if (granian := self._granian) is not None:
+            try:
+                return await granian.stop(timeout)
+            finally:
+                self._granian = None
+                self._exited.set()
         server, self._server = self._server, None
         if server is None:
             return []
@@ -267,12 +306,25 @@ class HTTPServer(ListeningServer):
         return cut
 
     async def wait_closed(self) -> None:
-        """Return when the server stopped serving (after a stop, or uvicorn's request limit)."""
+        """Return when the server stopped serving.
+
+        After a stop, uvicorn's request limit, or granian's worker ending on its own.
+        """
+        if (granian := self._granian) is not None:
+            waits = {asyncio.ensure_future(e.wait()) for e in (self._exited, granian.exited)}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            return
         await self._exited.wait()
 
     @property
     def in_flight(self) -> int:
         """Requests (and WebSockets) being handled right now, during the stop too."""
+        if self._granian is not None:
+            return self._granian.in_flight
         server = self._server or self._stopping
         return len(server.server_state.tasks) if server is not None else 0
 
@@ -291,7 +343,7 @@ class HTTPServer(ListeningServer):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             # Asked for any port (0): ask again on a later run rather than reuse the last one.
             sock.bind((self.host, 0 if self.port == self._picked_port else self.port))
-            sock.listen(self.uvicorn_options.get("backlog", 2048))
+            sock.listen(self.uvicorn_options.get("backlog") or 2048)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -339,3 +391,11 @@ class HTTPServer(ListeningServer):
                 self._exited.set()
                 return
             await asyncio.sleep(HEADER_REFRESH)
+
+
+def _granian_installed(where: str) -> None:
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        extra = "pip install 'quiesce[granian]'"
+        raise ConfigError(f"{where}: engine='granian' needs granian installed: {extra}") from None
