@@ -6,7 +6,13 @@ append it (``quiesce-http+grpc`` takes the gRPC port before it). The HTTP
 kinds serve the same two routes: ``/`` answers ``ok``,
 ``/sleep?ms=N`` answers ``ok`` after N milliseconds. Their OPTION is a stop
 timeout in seconds: ``HTTPServer(stop_timeout=...)`` for quiesce,
-``shutdown_timeout`` for aiohttp, ``--timeout-graceful-shutdown`` for uvicorn.
+``shutdown_timeout`` for aiohttp, ``--timeout-graceful-shutdown`` for uvicorn,
+``--workers-kill-timeout`` for the granian CLI (its only bound on a stop).
+
+``quiesce-granian`` is ``quiesce-http`` on ``engine="granian"``; ``granian-cli``
+is the bare granian CLI with the options it can share (``--interface asgi
+--loop uvloop --workers 1``, no access log). That CLI forks its one worker: the
+process that serves is the kind's child, not the kind itself.
 
 The ``-log`` kinds are the same servers with the access log on, logging as
 each does by default: ``quiesce-http-log`` leaves logging to ``App.run()``
@@ -89,6 +95,37 @@ def quiesce_http(port: int, stop_timeout: str | None = None, *, access_log: bool
 def quiesce_http_log(port: int, stop_timeout: str | None = None) -> None:
     """:func:`quiesce_http` with the access log on; ``App.run()`` sets up logging (stderr, INFO)."""
     quiesce_http(port, stop_timeout, access_log=True)
+
+
+def quiesce_granian(port: int, stop_timeout: str | None = None) -> None:
+    """:data:`asgi_app` through ``HTTPServer(engine="granian")`` in an ``App``, no access log."""
+    from quiesce import App
+    from quiesce.servers.asgi import HTTPServer
+
+    server = HTTPServer(
+        asgi_app,
+        port=port,
+        stop_timeout=None if stop_timeout is None else float(stop_timeout),
+        engine="granian",
+        access_log=False,
+    )
+    App(name="bench", servers=[server]).run()
+
+
+def granian_cli(port: int, kill_timeout: str | None = None) -> None:
+    """Become the granian CLI serving :data:`asgi_app` (same pid: the signals are its own).
+
+    ``kill_timeout``: ``--workers-kill-timeout`` (whole seconds, at least 1), after
+    which the CLI kills a worker still finishing its requests; without it, it waits.
+    """
+    argv = [
+        *(sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop"),
+        *("--workers", "1", "--no-access-log", "--log-level", "warning"),
+        *("--host", "127.0.0.1", "--port", str(port), "--working-dir", str(BENCH)),
+        *(() if kill_timeout is None else ("--workers-kill-timeout", kill_timeout)),
+        "stop_targets:asgi_app",
+    ]
+    os.execv(argv[0], argv)
 
 
 def grpc_echo_server() -> grpc.aio.Server:
@@ -209,6 +246,8 @@ KINDS: dict[str, Callable[..., None]] = {
     "uvicorn-cli-log": uvicorn_cli_log,
     "quiesce-run": quiesce_run,
     "aiohttp": aiohttp_app,
+    "quiesce-granian": quiesce_granian,
+    "granian-cli": granian_cli,
 }
 
 if __name__ == "__main__":
