@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ready_time.py
 	$(BIN)/python bench/http_stop.py
 	$(BIN)/python bench/http_throughput.py
+	$(BIN)/python bench/granian_throughput.py
 	$(BIN)/python bench/cli_run.py
 	$(BIN)/python bench/gateway_throughput.py
 	$(BIN)/python bench/http_throughput.py 8 2 --log file

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -90,6 +92,22 @@ def worker_pid(pid: int) -> int:
     raise RuntimeError(f"process {pid} shows no worker after {CHILD_TIMEOUT}s")
 
 
+def kill_at_exit(stack: contextlib.ExitStack, pid: int) -> None:
+    """SIGKILL ``pid`` when ``stack`` closes, through a pidfd (never a reused pid).
+
+    ``serving()`` kills only the process it started: granian's worker would
+    outlive its parent's SIGKILL, orphaned and still serving.
+    """
+    fd = os.pidfd_open(pid)
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):  # it had exited and been reaped
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        os.close(fd)
+
+    stack.callback(kill)
+
+
 def cell(run: Run) -> str:
     errors = f" {run.errors} errors" if run.errors else ""
     return (
@@ -115,7 +133,10 @@ def run_rounds(count: int, seconds: int) -> list[dict[str, Run]]:
             servers: dict[str, tuple[int, int]] = {}  # kind: (port, pid measured)
             for name, command in KINDS.items():
                 proc, port = stack.enter_context(serving(command, cpus=str(SERVER_CPU)))
-                pid = worker_pid(proc.pid) if name in FORKS else proc.pid
+                pid = proc.pid
+                if name in FORKS:
+                    pid = worker_pid(proc.pid)
+                    kill_at_exit(stack, pid)  # before serving() kills its parent
                 servers[name] = port, pid
                 wrk(port, WARMUP, pid)
             for number in range(block, min(block + BLOCK, count)):

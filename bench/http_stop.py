@@ -9,6 +9,11 @@
     aiohttp ``shutdown_timeout=1``, uvicorn ``--timeout-graceful-shutdown 1``):
     SIGTERM to exit (goal: quiesce <= 1.05 s).
 
+Both of quiesce's engines run, each next to its bare CLI: ``quiesce-http``
+(uvicorn) and ``quiesce-granian`` (``engine="granian"``, held to the same
+goals), ``uvicorn-cli`` and ``granian-cli`` (whose stop bound in (c) is
+``--workers-kill-timeout 1``).
+
 Kinds alternate round by round; the targets are in ``stop_targets.py``.
 Run: ``python bench/http_stop.py [rounds]`` (default 6 idle, 4 loaded, 3 timeout rounds).
 """
@@ -28,7 +33,9 @@ from stoptime import compare, exit_clock, median_line, serving
 
 PY = sys.executable
 TARGET = "bench/stop_targets.py"
-KINDS = ("quiesce-http", "aiohttp", "uvicorn-cli")
+KINDS = ("quiesce-http", "aiohttp", "uvicorn-cli", "quiesce-granian", "granian-cli")
+#: Compared with aiohttp after ``KINDS[:2]``'s lines: quiesce's other engine.
+GRANIAN = "quiesce-granian"
 LOAD_CLIENTS = 50
 LOAD_MS = 300
 TIMEOUT_CLIENTS = 10
@@ -116,6 +123,7 @@ def idle(rounds: int) -> None:
     medians = compare({kind: command(kind) for kind in KINDS}, rounds, baseline="aiohttp")
     for kind in KINDS[:2]:
         print(f"    {kind} / aiohttp: {medians[kind] / medians['aiohttp']:.2f}")
+    print(f"    {GRANIAN} / aiohttp: {medians[GRANIAN] / medians['aiohttp']:.2f}")
 
 
 def describe(stops: Sequence[Stop], expected: int) -> str:
@@ -192,6 +200,7 @@ async def with_timeout(rounds: int) -> None:
     theirs = statistics.median(took["aiohttp"])
     for kind in KINDS[:2]:
         print(f"    {kind} / aiohttp: {statistics.median(took[kind]) / theirs:.2f}")
+    print(f"    {GRANIAN} / aiohttp: {statistics.median(took[GRANIAN]) / theirs:.2f}")
 
 
 if __name__ == "__main__":
