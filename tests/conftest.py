@@ -224,3 +224,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+#: The HTTP engines every HTTPServer guarantee is tested on (issue 14: the same tests).
+ENGINES = ("uvicorn", "granian")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each HTTP engine in turn: ``HTTPServer(..., engine=engine)``."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(params=ENGINES)
+def service_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each HTTP engine in turn for the scenario services (``$QUIESCE_TEST_ENGINE``)."""
+    name: str = request.param
+    monkeypatch.setenv("QUIESCE_TEST_ENGINE", name)
+    return name

@@ -1,6 +1,7 @@
-"""An HTTP service on the embedded uvicorn, for the HTTP scenario tests.
+"""An HTTP service on the embedded uvicorn (or granian), for the HTTP scenario tests.
 
 ``python -m tests.scenarios.http_service CASE REPORT_FILE PORT [DRAIN [STOP_TIMEOUT [BUDGET]]]``.
+The engine is ``$QUIESCE_TEST_ENGINE`` (uvicorn by default).
 
 STOP_TIMEOUT is the HTTP server's own (``none``: the default, none of its own);
 BUDGET is the app's ``stop_timeout`` (10 s by default).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import sys
 from collections.abc import AsyncIterator
@@ -98,8 +100,9 @@ api = Starlette(routes=routes, lifespan=failing_lifespan if case == "bad_lifespa
 backlog: object = "x" if case == "bad_option" else 4096  # the load tests hold thousands
 # The log-stall tests need a log line per request: uvicorn's access log.
 access_log = case.startswith("logged")
+engine = os.environ.get("QUIESCE_TEST_ENGINE", "uvicorn")
 http_server = HTTPServer(
-    api, port=port, stop_timeout=stop_timeout, access_log=access_log, backlog=backlog
+    api, port=port, stop_timeout=stop_timeout, access_log=access_log, backlog=backlog, engine=engine
 )
 app.add_server(http_server)
 

@@ -13,6 +13,9 @@ import pytest
 
 from conftest import Service
 
+# Every test on both engines: the same guarantees (issue 14).
+pytestmark = pytest.mark.usefixtures("service_engine")
+
 MODULE = "tests.scenarios.http_service"
 Start = Callable[..., Service]
 

@@ -11,9 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+import pytest
 import websockets
 
 from conftest import Service, check_port_in_use_fails_start
+
+# Every test on both engines: the same guarantees (issue 14).
+pytestmark = pytest.mark.usefixtures("service_engine")
 
 MODULE = "tests.scenarios.http_service"
 WARM_UP = 200  # successful requests before the signal
@@ -209,7 +213,8 @@ def test_uvicorn_option_of_the_wrong_type_exits_2_with_one_line_before_binding(
     assert svc.wait() == 2, svc.output
     errors = [line for line in svc.lines if "ERROR" in line]
     assert len(errors) == 1, svc.output
-    assert "server 'http': uvicorn option backlog='x': must be a positive integer" in errors[0]
+    assert errors[0].split("bad configuration: ")[1].startswith("server 'http': ")
+    assert "option backlog='x': must be a positive integer" in errors[0]
     assert "Traceback" not in svc.output
     assert svc.report()["start"] == [], "nothing started, nothing bound"
 
@@ -238,7 +243,7 @@ async def listener_closed(port: int, seconds: float) -> bool:
 
 
 def test_websocket_closed_1000_right_after_the_stop_began_stops_at_once(
-    service: Start, free_port: int
+    service: Start, free_port: int, service_engine: str
 ) -> None:
     # The defaults: no stop_timeout on the server, the app's 10 s budget.
     svc = started(service, "ws_echo", free_port)
@@ -247,8 +252,12 @@ def test_websocket_closed_1000_right_after_the_stop_began_stops_at_once(
         async with websockets.connect(f"ws://127.0.0.1:{free_port}/ws-echo") as ws:
             assert await ws.recv() == "hello"
             sent = svc.signal(signal.SIGTERM)
-            # Close once the server is stopping (its listener is closed), not before.
-            assert await listener_closed(free_port, 5.0)
+            # Close once the server is stopping (uvicorn: its listener is closed), not before;
+            # granian keeps its listener until the WebSockets are gone: it says not ready.
+            if service_engine == "uvicorn":
+                assert await listener_closed(free_port, 5.0)
+            else:
+                assert await first_not_ready(f"http://127.0.0.1:{free_port}/readyz", 5.0)
             await ws.close(code=1000)
         return sent
 
@@ -284,7 +293,7 @@ def body_received(sock: socket.socket) -> int:
     return len(bytes(data).partition(b"\r\n\r\n")[2])
 
 
-def check_big_response_cut(svc: Service, port: int) -> None:
+def check_big_response_cut(svc: Service, port: int, engine: str) -> None:
     sock = stalled_download(port)
     svc.signal(signal.SIGTERM)
     code = svc.wait()
@@ -292,6 +301,9 @@ def check_big_response_cut(svc: Service, port: int) -> None:
     assert received < BIG
     assert code == 3, svc.output
     cut = svc.phase("stop_servers")["cut"]
+    if engine == "granian":  # what its Rust side still writes has no Python handle
+        assert "server http: connections granian still had open at the timeout [abandoned]" in cut
+        return
     assert any(
         "response GET /big to 127.0.0.1:" in c and f"[cut: {BIG - received} bytes unsent]" in c
         for c in cut
@@ -299,16 +311,18 @@ def check_big_response_cut(svc: Service, port: int) -> None:
 
 
 def test_big_response_to_a_stalled_reader_is_named_as_cut_and_exits_3(
-    service: Start, free_port: int
+    service: Start, free_port: int, service_engine: str
 ) -> None:
-    check_big_response_cut(started(service, "big", free_port, "0", "1.0"), free_port)
+    svc = started(service, "big", free_port, "0", "1.0")
+    check_big_response_cut(svc, free_port, service_engine)
 
 
 def test_big_response_cut_on_the_default_path_names_the_connection(
-    service: Start, free_port: int
+    service: Start, free_port: int, service_engine: str
 ) -> None:
     # No stop_timeout on the server: it gets what is left of the app's 2 s budget.
-    check_big_response_cut(started(service, "big", free_port, "0", "none", "2.0"), free_port)
+    svc = started(service, "big", free_port, "0", "none", "2.0")
+    check_big_response_cut(svc, free_port, service_engine)
 
 
 def test_big_response_read_during_the_stop_is_delivered_whole(

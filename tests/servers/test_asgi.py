@@ -37,8 +37,8 @@ def test_http_server_implements_the_server_protocol() -> None:
     assert isinstance(server, Server)
 
 
-async def test_probes_follow_the_lifecycle_and_endpoint_is_the_real_port() -> None:
-    server = HTTPServer(api, port=0, access_log=False)
+async def test_probes_follow_the_lifecycle_and_endpoint_is_the_real_port(engine: str) -> None:
+    server = HTTPServer(api, port=0, access_log=False, engine=engine)
     app = App(name="svc", servers=[server], drain_delay=0.5)
     seen: dict[str, tuple[int, str, str | None]] = {}
 
@@ -73,8 +73,10 @@ async def test_probes_follow_the_lifecycle_and_endpoint_is_the_real_port() -> No
     assert seen["app-draining"] == (200, "hello /", "close")
 
 
-async def test_probes_can_be_turned_off_and_then_reach_the_app() -> None:
-    server = HTTPServer(api, port=0, health_path=None, ready_path="/ready", access_log=False)
+async def test_probes_can_be_turned_off_and_then_reach_the_app(engine: str) -> None:
+    server = HTTPServer(
+        api, port=0, health_path=None, ready_path="/ready", access_log=False, engine=engine
+    )
     app = App(name="svc", servers=[server])
     codes: list[tuple[int, str]] = []
 
@@ -90,7 +92,7 @@ async def test_probes_can_be_turned_off_and_then_reach_the_app() -> None:
     assert codes == [(200, '{"status": "ready", '), (404, "Not Found"), (200, "hello /healthz-app")]
 
 
-async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
+async def test_request_past_the_stop_timeout_is_cut_and_named(engine: str) -> None:
     entered = asyncio.Event()
 
     async def stuck(request: Request) -> PlainTextResponse:
@@ -98,7 +100,8 @@ async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
         await asyncio.sleep(5)
         return PlainTextResponse("too late")
 
-    server = HTTPServer(Starlette(routes=[Route("/slow", stuck)]), port=0, stop_timeout=0.5)
+    stuck_api = Starlette(routes=[Route("/slow", stuck)])
+    server = HTTPServer(stuck_api, port=0, stop_timeout=0.5, engine=engine)
     app = App(name="svc", servers=[server])
     outcome: list[str] = []
 
@@ -110,7 +113,7 @@ async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
             assert server.in_flight == 1
             app.stop()
             try:
-                await request
+                outcome.append(str((await request).status_code))
             except httpx.TransportError as exc:
                 outcome.append(type(exc).__name__)
 
@@ -120,7 +123,8 @@ async def test_request_past_the_stop_timeout_is_cut_and_named() -> None:
         report = await app.serve()
     await driver
     assert time.monotonic() - began < 0.5 + 0.5
-    assert outcome == ["RemoteProtocolError"]
+    # uvicorn's connection is aborted; granian answers its own 500 (Connection: close).
+    assert outcome == ["RemoteProtocolError" if engine == "uvicorn" else "500"]
     (phase,) = [r for r in report.stop if r.name == "stop_servers"]
     assert phase.outcome is Outcome.TIMEOUT
     (cut,) = phase.cut
@@ -228,10 +232,11 @@ async def raw_failing_lifespan(scope: Any, receive: Any, send: Any) -> None:
     ids=["starlette", "raw-lifespan-on"],
 )
 async def test_lifespan_startup_failure_one_line_and_its_traceback_at_debug_once(
-    caplog: pytest.LogCaptureFixture, asgi_app: Any, options: dict[str, Any]
+    caplog: pytest.LogCaptureFixture, asgi_app: Any, options: dict[str, Any], engine: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    report = await App(name="svc", servers=[HTTPServer(asgi_app, port=0, **options)]).serve()
+    server = HTTPServer(asgi_app, port=0, engine=engine, **options)
+    report = await App(name="svc", servers=[server]).serve()
     assert report.exit_code == ExitCode.FAILED
     line = "server 'http' failed to start: ASGI lifespan: RuntimeError: database is unreachable"
     assert report.error == line
@@ -247,8 +252,8 @@ async def test_lifespan_startup_failure_one_line_and_its_traceback_at_debug_once
     assert isinstance(record.exc_info[1], RuntimeError)
 
 
-def test_http_server_serves_a_second_app_once_the_first_has_stopped() -> None:
-    server = HTTPServer(api, port=0, access_log=False)
+def test_http_server_serves_a_second_app_once_the_first_has_stopped(engine: str) -> None:
+    server = HTTPServer(api, port=0, access_log=False, engine=engine)
     answers: list[tuple[str, int, str]] = []
 
     async def run_once(name: str) -> Report:
@@ -270,8 +275,8 @@ def test_http_server_serves_a_second_app_once_the_first_has_stopped() -> None:
     assert answers == [("first", 200, "hello /"), ("second", 200, "hello /")]
 
 
-async def test_http_server_serving_one_app_is_refused_to_a_second() -> None:
-    server = HTTPServer(api, port=0, access_log=False)
+async def test_http_server_serving_one_app_is_refused_to_a_second(engine: str) -> None:
+    server = HTTPServer(api, port=0, access_log=False, engine=engine)
     first = App(name="first", servers=[server])
     second_reports: list[Report] = []
 
@@ -291,7 +296,7 @@ async def test_http_server_serving_one_app_is_refused_to_a_second() -> None:
 
 
 async def test_lifespan_shutdown_failure_one_warning_and_its_traceback_at_debug(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
     @asynccontextmanager
     async def fails_at_shutdown(api: Starlette) -> AsyncIterator[None]:
@@ -299,7 +304,7 @@ async def test_lifespan_shutdown_failure_one_warning_and_its_traceback_at_debug(
         raise RuntimeError("cannot flush the cache")
 
     caplog.set_level(logging.DEBUG)
-    server = HTTPServer(Starlette(lifespan=fails_at_shutdown), port=0)
+    server = HTTPServer(Starlette(lifespan=fails_at_shutdown), port=0, engine=engine)
     server.check()
     await server.start()
     assert await server.stop(2.0) == []
@@ -309,3 +314,27 @@ async def test_lifespan_shutdown_failure_one_warning_and_its_traceback_at_debug(
     shown = [r for r in caplog.records if 'flush the cache")' in formatter.format(r)]
     assert [(r.name, r.levelno) for r in shown] == [("quiesce.http", logging.DEBUG)]
     assert shown[0].exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"engine": "hypercorn"}, "engine='hypercorn': must be 'uvicorn' or 'granian'"),
+        ({"http": "httptools"}, "option http='httptools': must be one of auto, 1, 2"),
+        ({"ws": "websockets"}, "option ws='websockets' is not one of the granian engine's:"),
+        ({"workers": 2}, "option workers=2 is not one of the granian engine's:"),
+        ({"lifespan": "maybe"}, "option lifespan='maybe': must be one of auto, on, off"),
+        ({"backpressure": 0}, "option backpressure=0: must be a positive integer"),
+        ({"runtime_threads": "2"}, "option runtime_threads='2': must be a positive integer"),
+        ({"ssl_certfile": "/no/such/cert.pem"}, "option ssl_certfile='/no/such/cert.pem': no such"),
+    ],
+)
+async def test_bad_granian_options_exit_2_naming_server_and_option(
+    options: dict[str, Any], message: str
+) -> None:
+    options = {"engine": "granian", **options}
+    report = await App(name="svc", servers=[HTTPServer(api, port=0, **options)]).serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert (report.error or "").startswith("server 'http': ")
+    assert message in (report.error or "")
+    assert report.start == [], "checked before anything started"

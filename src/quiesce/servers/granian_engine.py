@@ -12,6 +12,10 @@ What granian does at the stop, and what quiesce adds:
 - granian, once signalled, stops accepting and shuts every connection down
   gracefully (hyper's ``graceful_shutdown``): idle keep-alive connections close
   at once, busy ones after their response; then it says it is done.
+- Once signalled, granian's WebSockets can no longer send, not even a close
+  frame: so the signal waits until the WebSockets have ended (their handlers
+  watch ``app.stopping``) or the timeout cut them with 1001, while HTTP
+  responses meanwhile say ``Connection: close``.
 - quiesce tracks each request's task on its loop, so it counts and names what
   is in flight and, at the timeout, cancels what is left: a cut request gets
   granian's 500 with ``Connection: close``, a WebSocket is closed with 1001,
@@ -105,7 +109,7 @@ def check_granian_options(where: str, options: Mapping[str, Any]) -> None:
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 1
         ):
-            raise ConfigError(f"{where}: option {name}={value!r}: must be a whole number >= 1")
+            raise ConfigError(f"{where}: option {name}={value!r}: must be a positive integer")
     for name in ("ssl_certfile", "ssl_keyfile", "ssl_ca"):
         value = options.get(name)
         if value is not None and not Path(value).is_file():
@@ -127,6 +131,9 @@ class GranianEngine:
         self.requests: dict[asyncio.Task[Any], Scope] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._sockets = 0  # WebSockets among the requests
+        self._no_sockets = asyncio.Event()
+        self._no_sockets.set()
         self.exited = asyncio.Event()
         self._signal: Any = None
         self._sock: socket.socket | None = None
@@ -186,12 +193,20 @@ class GranianEngine:
         assert task is not None
         self.requests[task] = scope
         self._idle.clear()
+        socket = scope["type"] == "websocket"
+        if socket:
+            self._sockets += 1
+            self._no_sockets.clear()
         try:
             await self.gate(scope, receive, send)
         finally:
             del self.requests[task]
             if not self.requests:
                 self._idle.set()
+            if socket:
+                self._sockets -= 1
+                if not self._sockets:
+                    self._no_sockets.set()
 
     async def stop(self, timeout: float) -> list[str]:
         """Stop accepting, let what is in flight finish within ``timeout``, then cut it."""
@@ -199,11 +214,14 @@ class GranianEngine:
         self.gate.draining = True
         if self._sock is not None:
             self._sock.close()  # granian's copy is the listener now: it closes at the signal
-        self._signal.set()
         reserve = min(0.1, timeout / 10) if self.lifespan.running else 0.0
         cut: list[str] = []
         try:
             async with asyncio.timeout(max(0.0, timeout - reserve)):
+                # Once signalled, granian's WebSockets can no longer send (a close frame
+                # included): they end first, HTTP requests meanwhile close their connections.
+                await self._no_sockets.wait()
+                self._signal.set()
                 await self._idle.wait()
                 await self.exited.wait()
         except TimeoutError:
@@ -229,6 +247,7 @@ class GranianEngine:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=CUT_GRACE)
+        self._signal.set()
         try:
             async with asyncio.timeout(RELEASE_GRACE):
                 await self.exited.wait()
