@@ -338,3 +338,29 @@ async def test_bad_granian_options_exit_2_naming_server_and_option(
     assert (report.error or "").startswith("server 'http': ")
     assert message in (report.error or "")
     assert report.start == [], "checked before anything started"
+
+
+async def ignores_lifespan(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"plain"})
+
+
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+async def test_an_app_that_ignores_the_lifespan_scope_serves(engine: str, lifespan: str) -> None:
+    # The plainest ASGI app returns at once for a scope it does not know: not a failure.
+    server = HTTPServer(
+        ignores_lifespan, port=0, access_log=False, engine=engine, lifespan=lifespan
+    )
+    app = App(name="svc", servers=[server])
+    answers: list[str] = []
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            answers.append((await client.get(server.endpoints()[0] + "/")).text)
+        app.stop()
+
+    report = await app.serve()
+    assert report.exit_code == ExitCode.OK, report.error
+    assert answers == ["plain"]

@@ -104,6 +104,17 @@ def _log_level(value: object) -> str:
     return text
 
 
+#: The HTTP engines ``HTTPServer(engine=...)`` takes.
+ENGINES = ("uvicorn", "granian")
+
+
+def _engine(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in ENGINES:
+        raise ValueError(f"must be one of {', '.join(ENGINES)}")
+    return text
+
+
 def _url(value: object) -> str:
     text = _text(value)
     if ":" not in text:
@@ -188,6 +199,7 @@ OPTIONS = (
     ),
     Option("log_level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}", "LEVEL"),
     Option("access_log", _switch, True, "log each HTTP request", switch=True),
+    Option("engine", _engine, "uvicorn", "the HTTP server's engine: uvicorn or granian", "ENGINE"),
     Option(
         "report_json", _text, None, "also write the stop report there", "PATH", app="report_file"
     ),

@@ -44,6 +44,7 @@ VALUES = {
     "N": f"an integer from 1 to {MAX_WORKERS} ([workers](workers.md))",
     "URL": "a registry URL: `file:`, `file:///dir`, `etcd://host:port` ([registry](registry.md))",
     "NAME": "a non-empty string",
+    "ENGINE": "`uvicorn` (the default) or `granian` (`quiesce[granian]`; [granian](granian.md))",
     "SECONDS": f"a positive, finite number of seconds, at most {MAX_SECONDS:g} (a day)",
     "DELAY": (
         "seconds (0: no drain), or an adaptive drain `min=S,max=S,idle=S` (each part optional;"
@@ -259,9 +260,10 @@ _TARGETS = """\
 - **An ASGI app**: `quiesce run` builds an `App` with the options you set
   (its name by default the last part of the module's name: `orders.main:api`
   is `main`), around one `HTTPServer(target, host=..., port=...,
-  access_log=...)` from `--host`, `--port` and `--access-log`.
+  access_log=..., engine=...)` from `--host`, `--port`, `--access-log` and
+  `--engine`.
 - **An App**: only what you set (flag, variable, file) overrides the App's own
-  arguments. `--host`, `--port` and `--access-log` set those of its one
+  arguments. `--host`, `--port`, `--access-log` and `--engine` set those of its one
   `HTTPServer`; an App with none or several is refused (exit 2: set them in
   code). `--grpc-port` without `--grpc` sets the port of its one
   `GRPCServer` (refused when it has none or several).

@@ -173,6 +173,7 @@ def build(made: object, spec: str, source: str, settings: Mapping[str, Setting])
             host=_value(settings, "host"),
             port=_value(settings, "port"),
             access_log=_value(settings, "access_log"),
+            engine=_value(settings, "engine"),
         )
         app.add_server(server)
     else:
@@ -215,7 +216,7 @@ def _apply_http(app: App, settings: Mapping[str, Setting]) -> None:
     admin server beside it keeps its own).
     """
     http = _main_http(app)
-    for name in ("host", "port", "access_log"):
+    for name in ("host", "port", "access_log", "engine"):
         setting = settings.get(name)
         if setting is None or not _by_user(setting):
             continue
@@ -301,6 +302,7 @@ def _servers_own(app: App) -> dict[str, object]:
     if len(http) == 1:
         own["host"], own["port"] = http[0].host, http[0].port
         own["access_log"] = http[0].uvicorn_options.get("access_log", True)
+        own["engine"] = http[0].engine
     grpc = [s for s in app.servers if isinstance(s, GRPCServer)]
     if len(grpc) == 1:
         own["grpc_port"] = grpc[0].port

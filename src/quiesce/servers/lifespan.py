@@ -24,8 +24,9 @@ class LifespanFailed(Exception):
 class Lifespan:
     """``lifespan.startup`` and ``lifespan.shutdown`` for ``app`` (``mode``: auto, on, off).
 
-    In ``auto`` mode an app that raises before it answered the startup (one that
-    does not speak the lifespan protocol) runs without it, as uvicorn does.
+    In ``auto`` mode an app that raises before it read the startup (one that does
+    not speak the lifespan protocol) runs without it; in either mode so does one
+    that returns without answering (it ignores the lifespan scope), as with uvicorn.
     """
 
     def __init__(self, app: ASGIApp, mode: str = "auto") -> None:
@@ -61,6 +62,8 @@ class Lifespan:
         if answer["type"] == "lifespan.startup.complete":
             return
         self._task = None
+        if answer["type"] == "returned":
+            return  # an app that ignores the lifespan scope
         if answer["type"] == "error" and self.mode == "auto" and not answer["began"]:
             return  # an app without lifespan support
         raise LifespanFailed(_last_line(answer.get("message")) or "startup failed")
@@ -113,7 +116,7 @@ class Lifespan:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await self._answers.put({"type": "error", "message": text, "began": began})
         else:
-            await self._answers.put({"type": "error", "message": "the app returned", "began": True})
+            await self._answers.put({"type": "returned"})
 
 
 def _last_line(message: object) -> str:
