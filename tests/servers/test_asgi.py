@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -364,3 +365,15 @@ async def test_an_app_that_ignores_the_lifespan_scope_serves(engine: str, lifesp
     report = await app.serve()
     assert report.exit_code == ExitCode.OK, report.error
     assert answers == ["plain"]
+
+
+async def test_granian_engine_without_granian_installed_exits_2_saying_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "granian", None)  # as if not installed: import fails
+    server = HTTPServer(api, port=0, engine="granian")
+    report = await App(name="svc", servers=[server]).serve()
+    assert report.exit_code == ExitCode.CONFIG
+    assert report.error == (
+        "server 'http': engine='granian' needs granian installed: pip install 'quiesce[granian]'"
+    )
