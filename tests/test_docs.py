@@ -41,7 +41,7 @@ def test_reference_module_writes_the_file_it_renders(tmp_path: Path) -> None:
 
 def _sample(option: Option) -> str:
     """A value ``option`` parses (as text, as a variable would give it)."""
-    for raw in ("1", "m:a", "info"):
+    for raw in ("1", "m:a", "info", "granian"):
         try:
             option.parse(raw)
         except ValueError:

@@ -216,3 +216,24 @@ def test_run_bad_input_is_exit_2_and_one_line_on_the_real_stderr(
     assert proc.stdout == ""
     (got,) = proc.stderr.splitlines()
     assert line in got, got
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(["cli.targets:app", "--engine", "granian"], {}, id="flag-on-an-app"),
+        pytest.param(["cli.targets:asgi"], {"QUIESCE_ENGINE": "granian"}, id="env-on-asgi"),
+    ],
+)
+def test_run_engine_granian_serves_on_granian_and_stops_clean(
+    quiesce: Start, tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    (port,) = free_ports(1)
+    report = tmp_path / "report.json"
+    proc = quiesce([*args, "--port", str(port), "--report-json", str(report)], env=env)
+    proc.until_ready(port)
+    response = httpx.get(f"http://127.0.0.1:{port}/", timeout=5.0)
+    assert response.status_code == 200, proc
+    assert response.headers["server"] == "granian"  # uvicorn's says "uvicorn"
+    assert proc.terminate() == 0, proc
+    assert stop_outcomes(report)["stop_servers"] == "ok"

@@ -74,6 +74,7 @@ CASES = [
     Case("reload_batch", "2", "2", "2"),
     Case("log_level", "DEBUG", '"debug"', "debug"),
     Case("access_log", "off", "false", "False", flag=("--no-access-log",)),
+    Case("engine", "GRANIAN", '"granian"', "granian"),
     Case("report_json", "out.json", '"out.json"', "out.json"),
 ]
 SOURCES = ["flag", "env", "quiesce.toml", "pyproject.toml", "--config", "QUIESCE_CONFIG"]
