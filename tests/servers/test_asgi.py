@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sys
 import time
@@ -377,3 +378,26 @@ async def test_granian_engine_without_granian_installed_exits_2_saying_what_to_i
     assert report.error == (
         "server 'http': engine='granian' needs granian installed: pip install 'quiesce[granian]'"
     )
+
+
+async def test_serving_installs_no_signal_handler(engine: str) -> None:
+    # The App owns the signals: neither engine may take one behind its back (uvicorn's
+    # Server.serve() and granian's Server.serve() each would).
+    watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1]
+    loop = asyncio.get_running_loop()
+
+    def handlers() -> tuple[list[object], set[int]]:
+        return [signal.getsignal(s) for s in watched], set(getattr(loop, "_signal_handlers", {}))
+
+    before = handlers()
+    server = HTTPServer(api, port=0, access_log=False, engine=engine)
+    server.check()
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(server.endpoints()[0] + "/")).status_code == 200
+        serving = handlers()
+    finally:
+        assert await server.stop(5.0) == []
+    assert serving == before
+    assert handlers() == before
