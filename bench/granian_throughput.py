@@ -16,8 +16,10 @@ unmeasured warm-up, all four are replaced every :data:`BLOCK` rounds, and each
 round runs every kind back to back, the order rotating by one kind a round so
 that each kind runs first, second, third and last equally often. Each run
 reports the CPU that other processes and the hypervisor took on the server's
-core and on wrk's ("foreign"); rounds where any run exceeds
-``http_throughput.CLEAN_FOREIGN`` are left out of the "clean rounds" line.
+core and on wrk's ("foreign"). Each ratio is judged on the median of its
+round-by-round ratios over the rounds where neither of its two runs had more
+than ``http_throughput.CLEAN_FOREIGN`` foreign (all rounds when fewer than
+:data:`MIN_CLEAN` are); the ratio of the medians is printed too.
 The server's CPU per request (schedstat, every thread) does not depend on wrk
 getting its core.
 
@@ -74,6 +76,8 @@ RATIOS: tuple[tuple[str, str, float | None], ...] = (
 )
 #: Rounds per set of server processes; each block starts all four afresh.
 BLOCK = 4
+#: Clean rounds (neither run's foreign share over CLEAN_FOREIGN) a verdict needs; else all count.
+MIN_CLEAN = 3
 #: How long a forking server may take to show its child once it listens.
 CHILD_TIMEOUT = 5.0
 
@@ -108,11 +112,16 @@ def kill_at_exit(stack: contextlib.ExitStack, pid: int) -> None:
     stack.callback(kill)
 
 
+def foreign(run: Run) -> float:
+    """The larger share of the server's core or wrk's that other processes took."""
+    return max(run.foreign, run.foreign_load)
+
+
 def cell(run: Run) -> str:
     errors = f" {run.errors} errors" if run.errors else ""
     return (
         f"{run.rps:6.0f}/s p99 {run.p99 * 1e3:5.2f}ms {run.cpu_per_request * 1e6:4.1f}us "
-        f"f{max(run.foreign, run.foreign_load):3.0%}{errors}"
+        f"f{foreign(run):3.0%}{errors}"
     )
 
 
@@ -182,31 +191,30 @@ def main(count: int, seconds: int) -> None:
             f"cpu {statistics.median(r.cpu_per_request for r in runs) * 1e6:5.1f} us/req"
             f"{f', {errors} errors' if errors else ''}"
         )
-    clean = [
-        r
-        for r in rounds
-        if max(max(run.foreign, run.foreign_load) for run in r.values()) < CLEAN_FOREIGN
-    ]
     for kind, base, goal in RATIOS:
         medians = {
             key: statistics.median(getattr(r[kind], key) for r in rounds)
             / statistics.median(getattr(r[base], key) for r in rounds)
             for key in ("rps", "p99", "cpu_per_request")
         }
+        # A round counts for this ratio when neither of its two runs was crowded out.
+        clean = [r for r in rounds if max(foreign(r[kind]), foreign(r[base])) < CLEAN_FOREIGN]
+        judged = clean if len(clean) >= MIN_CLEAN else rounds
+        paired = statistics.median(r[kind].rps / r[base].rps for r in judged)
+        which = f"{len(clean)} clean rounds" if judged is clean else "all rounds, too few clean"
         verdict = (
             "context"
             if goal is None
-            else f"goal >= {goal}: " + ("met" if medians["rps"] >= goal else "MISSED")
+            else f"goal >= {goal}: {'met' if paired >= goal else 'MISSED'} ({paired:.3f}, {which})"
         )
+        print(f"{kind} / {base} ({verdict})")
         print(
-            f"{kind} / {base} ({verdict}): ratio of medians throughput {medians['rps']:.3f}, "
-            f"p99 {medians['p99']:.3f}, cpu/request {medians['cpu_per_request']:.3f}; "
-            f"median of round ratios {rounds_ratio(rounds, kind, base)}"
+            f"    ratio of medians: throughput {medians['rps']:.3f}, p99 {medians['p99']:.3f}, "
+            f"cpu/request {medians['cpu_per_request']:.3f}"
         )
-        if len(clean) >= 3:
+        print(f"    median of round ratios: {rounds_ratio(rounds, kind, base)}")
+        if clean:
             print(f"    clean rounds ({len(clean)}): {rounds_ratio(clean, kind, base)}")
-    if len(clean) < 3:
-        print(f"only {len(clean)} clean rounds (foreign < {CLEAN_FOREIGN:.0%}): machine too busy")
     print(f"load average after: {load_average()}")
 
 
