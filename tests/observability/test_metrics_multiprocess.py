@@ -233,6 +233,9 @@ def test_a_scrape_during_folds_never_counts_a_worker_twice_nor_misses_one(
     ours, upstream = (json.loads(report.read_text()) for _, report in readers.values())
     print(f"quiesce: {ours}, prometheus-client: {upstream}")
     assert ours["scrapes"] > 20, ours
+    # A fold storm (300 back to back) can outlast a read 20 times on a busy machine: that
+    # scrape fails (an HTTP 500), it never shows a wrong total; most still get through.
+    assert ours["gave_up"] < ours["scrapes"] / 2, ours
     assert ours["wrong"] == 0, ours
     assert ours["retries"] > 0, ours  # the reads did overlap the folds
     # The same folds, read as prometheus-client's own collector reads: counted twice or lost.
