@@ -16,6 +16,8 @@ from pamqp.base import Frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from consumers.polling import wait_until
+
 #: Bound on each call of the test's own client.
 CALL = 10.0
 
@@ -118,15 +120,6 @@ class Amqp:
         return True
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Return once ``check()`` holds; fail after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the counts are the events; bounded by the timeout
-            await asyncio.sleep(0.005)
-
-
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
     """Return once ``await check()`` holds (it asks the broker); fail after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 - the broker's counts: asked, bounded
-            await asyncio.sleep(0.02)
+    await wait_until(check, timeout, period=0.02)

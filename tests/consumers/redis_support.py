@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
-
-Check = Callable[[], bool | Awaitable[bool]]
-
-
-async def wait_until(check: Check, timeout: float = 5.0) -> None:
-    """Poll ``check`` (a function, or a coroutine function) until it is true, within ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            done = check()
-            if done if isinstance(done, bool) else await done:
-                return
-            await asyncio.sleep(0.01)
 
 
 async def add(r: redis.asyncio.Redis, stream: str, n: int, **fields: str) -> list[str]:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 import quiesce
+from consumers.polling import wait_until
 from quiesce.consumers import Consumer, Message
 
 
@@ -82,12 +83,6 @@ class MemoryConsumer(Consumer[str]):
 
     def ids(self, call: str) -> list[str]:
         return [i for c, i in self.calls if c == call]
-
-
-async def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the counts are the events; bounded by the timeout
-            await asyncio.sleep(0.005)
 
 
 async def test_a_clean_stop_acks_every_message_it_took_and_fetches_nothing_more() -> None:

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumers.rabbitmq_support import Amqp, wait_until
+from consumers.polling import wait_until
+from consumers.rabbitmq_support import Amqp
 from quiesce.consumers import Message
 from quiesce.consumers.rabbitmq import RabbitMQConsumer
 from quiesce.consumers.rabbitmq_copies import delivery_count

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from consumers.polling import wait_until
 from consumers.rabbitmq_proxy import Relay
-from consumers.rabbitmq_support import Amqp, eventually, wait_until
+from consumers.rabbitmq_support import Amqp, eventually
 from quiesce.consumers import Message
 from quiesce.consumers.rabbitmq import RabbitMQConsumer
 from services import Names

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumers.rabbitmq_support import Amqp, eventually, wait_until
+from consumers.polling import wait_until
+from consumers.rabbitmq_support import Amqp, eventually
 from quiesce.consumers import Message
 from quiesce.consumers.rabbitmq import RabbitMQConsumer
 from quiesce.errors import ConfigError, StartError

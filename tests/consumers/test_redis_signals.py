@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio
 
 from conftest import Service
-from consumers.redis_support import add, pending, unread, wait_until
+from consumers.polling import wait_until
+from consumers.redis_support import add, pending, unread
 from services import Names, PrivateRedis
 
 MODULE = "consumers.redis_service"

@@ -21,7 +21,8 @@ import pytest
 import redis.asyncio
 
 import quiesce
-from consumers.redis_support import add, entry_ids, pending, unread, wait_until
+from consumers.polling import wait_until
+from consumers.redis_support import add, entry_ids, pending, unread
 from quiesce.consumers.message import Message
 from quiesce.consumers.redis_stream import Fields, RedisStreamConsumer
 from quiesce.errors import ConfigError, StartError
