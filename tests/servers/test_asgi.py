@@ -401,3 +401,23 @@ async def test_serving_installs_no_signal_handler(engine: str) -> None:
         assert await server.stop(5.0) == []
     assert serving == before
     assert handlers() == before
+
+
+@pytest.mark.parametrize("access_log", [None, False])
+async def test_the_access_log_is_on_by_default_and_off_when_asked(
+    engine: str, access_log: bool | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    options = {} if access_log is None else {"access_log": access_log}
+    server = HTTPServer(api, port=0, engine=engine, **options)
+    app = App(name="svc", servers=[server])
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(server.endpoints()[0] + "/logged")).status_code == 404
+        app.stop()
+
+    assert (await app.serve()).exit_code == ExitCode.OK
+    lines = [r for r in caplog.records if r.name == f"{engine}.access"]
+    assert [("/logged" in r.getMessage()) for r in lines] == ([True] if access_log is None else [])
