@@ -408,7 +408,7 @@ async def test_the_access_log_is_on_by_default_and_off_when_asked(
     engine: str, access_log: bool | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    options = {} if access_log is None else {"access_log": access_log}
+    options: dict[str, Any] = {} if access_log is None else {"access_log": access_log}
     server = HTTPServer(api, port=0, engine=engine, **options)
     app = App(name="svc", servers=[server])
 

@@ -57,32 +57,43 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a probe, or run the user's app (closing connections while draining)."""
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path == self.ready_path:
-                return await self._probe(send, ready=True)
-            if path == self.health_path:
-                return await self._probe(send, ready=False)
-            if self.draining:
-                send = _closing(send)
-        if (arrived := self.arrived) is not None and scope["type"] != "lifespan":
-            arrived()
         try:
-            await self.app(scope, receive, send)
+            await self.route(scope, receive, send)
         except asyncio.CancelledError:
             if not self.cutting:
                 raise
-            # Cut by the stop timeout: end the request quietly, WebSockets with 1001.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            if scope["type"] == "websocket":
-                with contextlib.suppress(Exception):
-                    await send({"type": "websocket.close", "code": 1001, "reason": "stopping"})
+            await self.end_cut(scope, send)
         except Exception as exc:
             if scope["type"] == "lifespan":
                 self.lifespan_error = exc
             raise
+
+    def route(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What answers this request: a probe, or the user's app (its own coroutine, no layer).
+
+        An engine that awaits it itself (granian's) handles a cut as :meth:`__call__` does:
+        a ``CancelledError`` while :attr:`cutting` goes to :meth:`end_cut`.
+        """
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == self.ready_path:
+                return self._probe(send, ready=True)
+            if path == self.health_path:
+                return self._probe(send, ready=False)
+            if self.draining:
+                send = _closing(send)
+        if (arrived := self.arrived) is not None and scope["type"] != "lifespan":
+            arrived()
+        return self.app(scope, receive, send)
+
+    async def end_cut(self, scope: Scope, send: Send) -> None:
+        """End a request cut by the stop timeout quietly; a WebSocket with 1001."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        if scope["type"] == "websocket":
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1001, "reason": "stopping"})
 
     async def _probe(self, send: Send, *, ready: bool) -> None:
         lifecycle = self.lifecycle
