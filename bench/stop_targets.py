@@ -57,13 +57,18 @@ async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
         await send(_START)
         await send(_BODY)
     elif scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """An ASGI lifespan that does nothing, as a real app's would: startup, then shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def quiesce_stream(port: int) -> None:
@@ -77,8 +82,13 @@ def quiesce_stream(port: int) -> None:
     App(name="bench", servers=[StreamServer(echo, port=port)]).run()
 
 
-def quiesce_http(port: int, stop_timeout: str | None = None, *, access_log: bool = False) -> None:
-    """:data:`asgi_app` through ``HTTPServer`` in an ``App`` (uvloop, httptools, no access log)."""
+def quiesce_http(
+    port: int, stop_timeout: str | None = None, *, access_log: bool = False, **engine: Any
+) -> None:
+    """:data:`asgi_app` through ``HTTPServer`` in an ``App`` (uvloop, httptools, no access log).
+
+    ``engine`` replaces the engine options (``engine="granian"``).
+    """
     from quiesce import App
     from quiesce.servers.asgi import HTTPServer
 
@@ -86,8 +96,8 @@ def quiesce_http(port: int, stop_timeout: str | None = None, *, access_log: bool
         asgi_app,
         port=port,
         stop_timeout=None if stop_timeout is None else float(stop_timeout),
-        http="httptools",
         access_log=access_log,
+        **(engine or {"http": "httptools"}),
     )
     App(name="bench", servers=[server]).run()
 
@@ -99,17 +109,7 @@ def quiesce_http_log(port: int, stop_timeout: str | None = None) -> None:
 
 def quiesce_granian(port: int, stop_timeout: str | None = None) -> None:
     """:data:`asgi_app` through ``HTTPServer(engine="granian")`` in an ``App``, no access log."""
-    from quiesce import App
-    from quiesce.servers.asgi import HTTPServer
-
-    server = HTTPServer(
-        asgi_app,
-        port=port,
-        stop_timeout=None if stop_timeout is None else float(stop_timeout),
-        engine="granian",
-        access_log=False,
-    )
-    App(name="bench", servers=[server]).run()
+    quiesce_http(port, stop_timeout, engine="granian")
 
 
 def granian_cli(port: int, kill_timeout: str | None = None) -> None:
