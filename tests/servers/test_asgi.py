@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -316,108 +314,3 @@ async def test_lifespan_shutdown_failure_one_warning_and_its_traceback_at_debug(
     shown = [r for r in caplog.records if 'flush the cache")' in formatter.format(r)]
     assert [(r.name, r.levelno) for r in shown] == [("quiesce.http", logging.DEBUG)]
     assert shown[0].exc_info is not None
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"engine": "hypercorn"}, "engine='hypercorn': must be 'uvicorn' or 'granian'"),
-        ({"http": "httptools"}, "option http='httptools': must be one of auto, 1, 2"),
-        ({"ws": "websockets"}, "option ws='websockets' is not one of the granian engine's:"),
-        ({"workers": 2}, "option workers=2 is not one of the granian engine's:"),
-        ({"lifespan": "maybe"}, "option lifespan='maybe': must be one of auto, on, off"),
-        ({"backpressure": 0}, "option backpressure=0: must be a positive integer"),
-        ({"runtime_threads": "2"}, "option runtime_threads='2': must be a positive integer"),
-        ({"ssl_certfile": "/no/such/cert.pem"}, "option ssl_certfile='/no/such/cert.pem': no such"),
-    ],
-)
-async def test_bad_granian_options_exit_2_naming_server_and_option(
-    options: dict[str, Any], message: str
-) -> None:
-    options = {"engine": "granian", **options}
-    report = await App(name="svc", servers=[HTTPServer(api, port=0, **options)]).serve()
-    assert report.exit_code == ExitCode.CONFIG
-    assert (report.error or "").startswith("server 'http': ")
-    assert message in (report.error or "")
-    assert report.start == [], "checked before anything started"
-
-
-async def ignores_lifespan(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"plain"})
-
-
-@pytest.mark.parametrize("lifespan", ["auto", "on"])
-async def test_an_app_that_ignores_the_lifespan_scope_serves(engine: str, lifespan: str) -> None:
-    # The plainest ASGI app returns at once for a scope it does not know: not a failure.
-    server = HTTPServer(
-        ignores_lifespan, port=0, access_log=False, engine=engine, lifespan=lifespan
-    )
-    app = App(name="svc", servers=[server])
-    answers: list[str] = []
-
-    @app.after_start
-    async def probe() -> None:
-        async with httpx.AsyncClient() as client:
-            answers.append((await client.get(server.endpoints()[0] + "/")).text)
-        app.stop()
-
-    report = await app.serve()
-    assert report.exit_code == ExitCode.OK, report.error
-    assert answers == ["plain"]
-
-
-async def test_granian_engine_without_granian_installed_exits_2_saying_what_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "granian", None)  # as if not installed: import fails
-    server = HTTPServer(api, port=0, engine="granian")
-    report = await App(name="svc", servers=[server]).serve()
-    assert report.exit_code == ExitCode.CONFIG
-    assert report.error == (
-        "server 'http': engine='granian' needs granian installed: pip install 'quiesce[granian]'"
-    )
-
-
-async def test_serving_installs_no_signal_handler(engine: str) -> None:
-    # The App owns the signals: neither engine may take one behind its back (uvicorn's
-    # Server.serve() and granian's Server.serve() each would).
-    watched = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1]
-    loop = asyncio.get_running_loop()
-
-    def handlers() -> tuple[list[object], set[int]]:
-        return [signal.getsignal(s) for s in watched], set(getattr(loop, "_signal_handlers", {}))
-
-    before = handlers()
-    server = HTTPServer(api, port=0, access_log=False, engine=engine)
-    server.check()
-    await server.start()
-    try:
-        async with httpx.AsyncClient() as client:
-            assert (await client.get(server.endpoints()[0] + "/")).status_code == 200
-        serving = handlers()
-    finally:
-        assert await server.stop(5.0) == []
-    assert serving == before
-    assert handlers() == before
-
-
-@pytest.mark.parametrize("access_log", [None, False])
-async def test_the_access_log_is_on_by_default_and_off_when_asked(
-    engine: str, access_log: bool | None, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
-    options: dict[str, Any] = {} if access_log is None else {"access_log": access_log}
-    server = HTTPServer(api, port=0, engine=engine, **options)
-    app = App(name="svc", servers=[server])
-
-    @app.after_start
-    async def probe() -> None:
-        async with httpx.AsyncClient() as client:
-            assert (await client.get(server.endpoints()[0] + "/logged")).status_code == 404
-        app.stop()
-
-    assert (await app.serve()).exit_code == ExitCode.OK
-    lines = [r for r in caplog.records if r.name == f"{engine}.access"]
-    assert [("/logged" in r.getMessage()) for r in lines] == ([True] if access_log is None else [])
