@@ -17,16 +17,15 @@ implements the broker calls: ``_connect``, ``_fetch``, ``_ack``, ``_retry``,
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Generic, TypeVar
 
-from quiesce import config
 from quiesce.backoff import backoff_delay
 from quiesce.consumers.message import Handler, Message
-from quiesce.errors import ConfigError, StartError, describe
+from quiesce.consumers.options import check_consumer
+from quiesce.errors import StartError, describe
 from quiesce.phases import Deadline
 from quiesce.servers.contract import BaseServer
 
@@ -44,8 +43,6 @@ CANCEL_GRACE = 0.05
 FINAL_CALLS = 0.15
 #: The first reconnect waits about this long; each failure in a row doubles it.
 RECONNECT_FIRST = 0.1
-#: A concurrency past this is a typo, not a plan.
-MAX_CONCURRENCY = 10_000
 
 
 class Consumer(BaseServer, Generic[B]):
@@ -170,30 +167,7 @@ class Consumer(BaseServer, Generic[B]):
                 ``max_deliveries`` that is not a positive whole number, a bad timeout.
 
         """
-        where = f"consumer {self.name!r}"
-        if not _is_async_callable(self.handle):
-            raise ConfigError(f"{where}: handle={self.handle!r} must be an async function")
-        counts: tuple[tuple[str, object, int], ...] = (
-            ("concurrency", self.concurrency, MAX_CONCURRENCY),
-            ("max_deliveries", self.max_deliveries, 1_000_000),
-        )
-        for option, value, top in counts:
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ConfigError(f"{where}: {option}={value!r} must be a whole number 1..{top}")
-        dead_letter: object = self.dead_letter
-        if dead_letter is not None and (not isinstance(dead_letter, str) or not dead_letter):
-            raise ConfigError(f"{where}: dead_letter={self.dead_letter!r} must be a name or None")
-        durations = {
-            "connect_timeout": self.connect_timeout,
-            "call_timeout": self.call_timeout,
-            "reconnect_max": self.reconnect_max,
-        }
-        try:
-            config.check_seconds(durations)
-            if self.stop_timeout is not None:
-                config.check_seconds({"stop_timeout": self.stop_timeout}, zero_ok=True)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        check_consumer(self)
 
     async def start(self) -> None:
         """Connect and begin fetching.
@@ -432,8 +406,3 @@ class Consumer(BaseServer, Generic[B]):
 
     async def _close_quietly(self) -> None:
         await self._bounded(self._close(), "close", Deadline(self.call_timeout))
-
-
-def _is_async_callable(fn: object) -> bool:
-    call = getattr(fn, "__call__", None)  # noqa: B004 (an instance with an async __call__)
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
