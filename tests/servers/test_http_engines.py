@@ -173,3 +173,22 @@ async def test_tls_with_the_common_options_on_either_engine(
     assert (await app.serve()).exit_code == ExitCode.OK
     assert server.endpoints()[0].startswith("https://127.0.0.1:")
     assert answers == [(200, "https")]
+
+
+async def test_a_lifespan_startup_that_hangs_is_bounded_by_the_start_budget(engine: str) -> None:
+    ended = asyncio.Event()
+
+    async def hangs(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            try:
+                await asyncio.Event().wait()  # never answers the startup
+            finally:
+                ended.set()
+
+    server = HTTPServer(hangs, port=0, engine=engine, lifespan="on")
+    async with asyncio.timeout(5):
+        report = await App(name="svc", servers=[server], start_timeout=0.5).serve()
+    assert report.exit_code == ExitCode.FAILED
+    assert report.error == "servers timed out: server http (not ready within 0.5s, starting)"
+    await asyncio.wait_for(ended.wait(), 1)  # the app's lifespan was not left running

@@ -37,6 +37,7 @@ from quiesce.servers.listening import ListeningServer, inherited_socket
 from quiesce.servers.uvicorn_parts import (
     ConnectionSet,
     LifespanLog,
+    cancel_lifespan,
     check_uvicorn_options,
     describe,
     unsent_bytes,
@@ -222,6 +223,7 @@ class HTTPServer(ListeningServer):
             sock.close()
             for listener in getattr(server, "servers", ()):
                 listener.close()
+            cancel_lifespan(server.lifespan)  # a startup cut by the start's budget
             raise
         self._server = server
         self._ticker = asyncio.create_task(

@@ -56,9 +56,14 @@ class Lifespan:
             return
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
         scope["state"] = self.state
-        self._task = asyncio.create_task(self._run(scope), name="quiesce lifespan")
+        self._task = task = asyncio.create_task(self._run(scope), name="quiesce lifespan")
         await self._inbox.put({"type": "lifespan.startup"})
-        answer = await self._answer()
+        try:
+            answer = await self._answer()
+        except asyncio.CancelledError:  # the start's budget ran out: no startup left behind
+            self._task = None
+            task.cancel()
+            raise
         if answer["type"] == "lifespan.startup.complete":
             return
         self._task = None

@@ -25,6 +25,7 @@ __all__ = [
     "OPTION_RULES",
     "ConnectionSet",
     "LifespanLog",
+    "cancel_lifespan",
     "check_uvicorn_options",
     "describe",
     "unsent_bytes",
@@ -133,6 +134,20 @@ def describe(scope: MutableMapping[str, Any], unsent: int = 0) -> str:
     if unsent:
         return f"response {what} to {where} [cut: {unsent} bytes unsent]"
     return f"request {what} from {where} [cut]"
+
+
+def cancel_lifespan(lifespan: object) -> None:
+    """Cancel the task running ``lifespan``'s app, if it still runs (uvicorn keeps no handle).
+
+    A startup the start's budget cut leaves uvicorn's ``LifespanOn.main()``
+    task waiting on the app; without this it would run on after the start failed.
+    """
+    main = getattr(type(lifespan), "main", None)
+    code = getattr(main, "__code__", None)
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        if frame is not None and frame.f_code is code and frame.f_locals.get("self") is lifespan:
+            task.cancel()
 
 
 def unsent_bytes(transport: asyncio.BaseTransport) -> int:
