@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import ssl
 import subprocess
@@ -192,3 +193,32 @@ async def test_a_lifespan_startup_that_hangs_is_bounded_by_the_start_budget(engi
     assert report.exit_code == ExitCode.FAILED
     assert report.error == "servers timed out: server http (not ready within 0.5s, starting)"
     await asyncio.wait_for(ended.wait(), 1)  # the app's lifespan was not left running
+
+
+GRANIAN_DOCS = Path(__file__).resolve().parents[2] / "docs" / "granian.md"
+
+
+async def test_the_granian_docs_example_serves_on_granian_and_stops_clean() -> None:
+    text = GRANIAN_DOCS.read_text()  # noqa: ASYNC240  # a small local file, before serving
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert block.rstrip().endswith("app.run()")
+    scope: dict[str, Any] = {"api": api}  # the user's ASGI app
+    exec(block.rstrip().removesuffix("app.run()"), scope)  # as pasted, served below instead
+    app: App = scope["app"]
+    (server,) = app.servers
+    assert isinstance(server, HTTPServer)
+    assert (server.engine, server.port) == ("granian", 8000)
+    server.port = 0  # 8000 may be taken on a test machine
+    answers: list[tuple[int, str | None]] = []
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(server.endpoints()[0] + "/readyz")
+            answers.append((response.status_code, response.headers.get("server")))
+        app.stop()
+
+    app.drain_delay = 0.0  # the example's 5 s drain: the stop is the same, only shorter
+    report = await app.serve()
+    assert report.exit_code == ExitCode.OK, report.error
+    assert answers == [(200, "granian")]
