@@ -199,7 +199,7 @@ GRANIAN_DOCS = Path(__file__).resolve().parents[2] / "docs" / "granian.md"
 
 
 async def test_the_granian_docs_example_serves_on_granian_and_stops_clean() -> None:
-    text = GRANIAN_DOCS.read_text()  # noqa: ASYNC240  # a small local file, before serving
+    text = GRANIAN_DOCS.read_text()  # a small local file, before serving
     (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert block.rstrip().endswith("app.run()")
     scope: dict[str, Any] = {"api": api}  # the user's ASGI app
