@@ -36,6 +36,7 @@ async def api(scope: Any, receive: Any, send: Any) -> None:
         ({"backpressure": 0}, "option backpressure=0: must be a positive integer"),
         ({"runtime_threads": "2"}, "option runtime_threads='2': must be a positive integer"),
         ({"ssl_certfile": "/no/such/cert.pem"}, "option ssl_certfile='/no/such/cert.pem': no such"),
+        ({"http1_settings": {"keep_alive": False}}, "must be a granian.http.HTTP1Settings(...)"),
     ],
 )
 async def test_bad_granian_options_exit_2_naming_server_and_option(
@@ -222,3 +223,24 @@ async def test_the_granian_docs_example_serves_on_granian_and_stops_clean() -> N
     report = await app.serve()
     assert report.exit_code == ExitCode.OK, report.error
     assert answers == [(200, "granian")]
+
+
+async def test_granian_own_settings_reach_granian() -> None:
+    from granian.http import HTTP1Settings
+
+    server = HTTPServer(
+        api, port=0, engine="granian", http1_settings=HTTP1Settings(keep_alive=False)
+    )
+    app = App(name="svc", servers=[server])
+    closing: list[str | None] = []
+
+    @app.after_start
+    async def probe() -> None:
+        async with httpx.AsyncClient() as client:
+            closing.append(
+                (await client.get(server.endpoints()[0] + "/")).headers.get("connection")
+            )
+        app.stop()
+
+    assert (await app.serve()).exit_code == ExitCode.OK
+    assert closing == ["close"]  # hyper's keep_alive=False: not the drain's (it had not begun)

@@ -120,6 +120,12 @@ def check_granian_options(where: str, options: Mapping[str, Any]) -> None:
             raise ConfigError(f"{where}: option {name}={value!r}: no such file")
     if bool(options.get("ssl_certfile")) != bool(options.get("ssl_keyfile")):
         raise ConfigError(f"{where}: TLS needs both ssl_certfile and ssl_keyfile")
+    settings: Any = importlib.import_module("granian.http")
+    for name, kind in (("http1_settings", "HTTP1Settings"), ("http2_settings", "HTTP2Settings")):
+        value = options.get(name)
+        if value is not None and not isinstance(value, getattr(settings, kind)):
+            must = f"must be a granian.http.{kind}(...) or None"
+            raise ConfigError(f"{where}: option {name}={value!r}: {must}")
 
 
 class GranianEngine:
@@ -167,10 +173,24 @@ class GranianEngine:
         options = self.options
         backlog = int(options.get("backlog") or 2048)
         # granian's listener owns its descriptor (it closes it when it stops): give it a copy.
-        holder = native.SocketHolder(os.dup(sock.fileno()), False, backlog)
+        copy = os.dup(sock.fileno())
+        holder = native.SocketHolder(copy, False, backlog)
         self._signal = signal = native.WorkerSignal()
         signal.add_cb(lambda: loop.call_soon_threadsafe(self.exited.set))
-        worker = native.ASGIWorker(
+        try:
+            worker = self._worker(native, holder)
+        except BaseException:
+            os.close(copy)
+            raise
+        if options.get("access_log", True):
+            self._access = asgi._build_access_logger(ACCESS_LOG_FORMAT)
+        scheduler = futures._new_cbscheduler(loop, self._serve, impl_asyncio=True)
+        worker.serve_async(scheduler, loop, signal)
+
+    def _worker(self, native: Any, holder: Any) -> Any:
+        """The ASGI worker of granian on ``holder``'s socket, with this server's options."""
+        options = self.options
+        return native.ASGIWorker(
             1,
             (None, holder),
             None,
@@ -186,10 +206,6 @@ class GranianEngine:
             **_tls(options),
             metrics=(None, None),
         )
-        if options.get("access_log", True):
-            self._access = asgi._build_access_logger(ACCESS_LOG_FORMAT)
-        scheduler = futures._new_cbscheduler(loop, self._serve, impl_asyncio=True)
-        worker.serve_async(scheduler, loop, signal)
 
     async def _serve(self, watcher: Any) -> None:
         """One request from granian, routed by the Gate, tracked.
