@@ -18,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from quiesce import App, ExitCode, HTTPServer, Outcome
-from quiesce.servers.asgi import NEW_CONNECTION_GRACE
+from quiesce.servers.uvicorn_engine import NEW_CONNECTION_GRACE
 from quiesce.servers.uvicorn_parts import ConnectionSet
 
 # The WebSocket implementations uvicorn 0.54 can serve here. Its deprecated legacy one,

@@ -253,6 +253,9 @@ class GranianEngine:
             elif began is not None:
                 access(*began, scope, proto.sent_response_code)
 
+    def drain(self) -> None:
+        """Nothing of its own: the Gate's ``Connection: close`` is what granian's hyper obeys."""
+
     async def stop(self, timeout: float) -> list[str]:
         """Stop accepting, let what is in flight finish within ``timeout``, then cut it."""
         began = time.monotonic()
