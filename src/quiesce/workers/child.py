@@ -106,7 +106,8 @@ class Worker:
         except BaseException:  # cancelled (the supervisor stops): no worker left unwatched
             mine.close()
             proc.kill()
-            proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(REAP_TIMEOUT)  # SIGKILLed: reaped in microseconds
             raise
         return cls(proc, channel, generation)
 
