@@ -16,13 +16,35 @@ from typing import Any
 
 from quiesce.lifecycle import Lifecycle
 
-__all__ = ["ASGIApp", "Gate", "Message", "Receive", "Scope", "Send"]
+__all__ = [
+    "CUT_GRACE",
+    "LIFESPAN_SHUTDOWN_RESERVE",
+    "ASGIApp",
+    "Gate",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "lifespan_reserve",
+]
+
+# The stop's two bounds every engine shares (uvicorn's and granian's).
+#: Seconds of the stop timeout kept for the ASGI lifespan shutdown when requests use up the
+#: rest (at most a tenth of it); when they finish early the lifespan gets all that is left.
+LIFESPAN_SHUTDOWN_RESERVE = 0.1
+#: After cutting requests at the timeout, how long their handlers get to unwind.
+CUT_GRACE = 0.1
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def lifespan_reserve(timeout: float, has_lifespan: bool) -> float:
+    """What of a stop's ``timeout`` requests leave to the lifespan shutdown (none without one)."""
+    return min(LIFESPAN_SHUTDOWN_RESERVE, timeout / 10) if has_lifespan else 0.0
 
 
 class Gate:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from quiesce.errors import ConfigError, StartError
-from quiesce.servers.gate import Gate, Scope
+from quiesce.servers.gate import CUT_GRACE, Gate, Scope, lifespan_reserve
 from quiesce.servers.lifespan import Lifespan, LifespanFailed
 from quiesce.servers.uvicorn_parts import describe
 
@@ -83,8 +83,6 @@ DEFAULT_BACKPRESSURE = 1_000_000
 ACCESS_LOG_FORMAT = (
     '[%(time)s] %(addr)s - "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3f'
 )
-#: After the in-flight requests were cut, how long their handlers get to unwind.
-CUT_GRACE = 0.1
 #: After the cut, how long granian gets to write what it has and say it is done.
 RELEASE_GRACE = 0.2
 
@@ -265,7 +263,7 @@ class GranianEngine:
             self._idle.set()
         if self._sock is not None:
             self._sock.close()  # granian's copy is the listener now: it closes at the signal
-        reserve = min(0.1, timeout / 10) if self.lifespan.running else 0.0
+        reserve = lifespan_reserve(timeout, self.lifespan.running)
         cut: list[str] = []
         try:
             async with asyncio.timeout(max(0.0, timeout - reserve)):

@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from quiesce.errors import StartError
-from quiesce.servers.gate import Gate
+from quiesce.servers.gate import CUT_GRACE, Gate, lifespan_reserve
 from quiesce.servers.uvicorn_parts import (
     ConnectionSet,
     LifespanLog,
@@ -34,11 +34,6 @@ __all__ = ["NEW_CONNECTION_GRACE", "UvicornEngine"]
 
 logger = logging.getLogger("quiesce.http")
 
-#: Seconds of the stop timeout kept for the ASGI lifespan shutdown when requests use up the
-#: rest (at most a tenth of it); when they finish early the lifespan gets all that is left.
-LIFESPAN_SHUTDOWN_RESERVE = 0.1
-#: After cutting requests at the timeout, how long their handlers get to unwind.
-CUT_GRACE = 0.1
 #: How often the Date header is refreshed (uvicorn does it once a second too).
 HEADER_REFRESH = 1.0
 #: Bound on uvicorn's listener ``wait_closed()``, which on 3.12+ waits for connections.
@@ -116,7 +111,7 @@ class UvicornEngine:
             self._ticker.cancel()
         began = time.monotonic()
         has_lifespan = not getattr(server.lifespan, "error_occurred", True)
-        reserve = min(LIFESPAN_SHUTDOWN_RESERVE, timeout / 10) if has_lifespan else 0.0
+        reserve = lifespan_reserve(timeout, has_lifespan)
         self.gate.draining = True
         for listener in server.servers:
             listener.close()
