@@ -128,7 +128,6 @@ class Supervisor:
         self.size = size
         self.batch = batch
         self.describe_timeout = describe_timeout
-        self.kill_margin = kill_margin
         self.timings = Timings(kill_margin, force_kill_after)
         self.reload_drain = reload_drain
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -304,7 +303,7 @@ class Supervisor:
             size=self.size,
             start_timeout=desc.start_timeout,
             stop_timeout=desc.stop_timeout,
-            kill_margin=self.kill_margin,
+            kill_margin=self.timings.kill_margin,
             reports=self._folder,
             on_ready=self._worker_ready,
             on_exit=lambda worker: metrics_dir.fold(metrics, worker.pid),
