@@ -165,6 +165,38 @@ def wrk(port: int, seconds: int, server_pid: int) -> Run:
     load_core = (cpu_user_ticks(LOAD_CPU) - load_before[0]) / TICK
     load = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - load_before[1]  # wrk's
     foreign_load = max(0.0, load_core - load) / elapsed
+    got = read_wrk(out)
+    return Run(
+        got.rps,
+        got.p50,
+        got.p99,
+        got.errors,
+        got.timeouts,
+        got.requests,
+        foreign,
+        foreign_load,
+        server_cpu / max(1, got.requests),
+    )
+
+
+class WrkOutput(NamedTuple):
+    """What one ``wrk --latency`` run printed (latencies in seconds, NaN with no request)."""
+
+    rps: float
+    requests: int
+    p50: float
+    p99: float
+    errors: int  # non-2xx/3xx responses and socket errors
+    timeouts: int
+
+
+def read_wrk(out: str) -> WrkOutput:
+    """Read ``wrk --latency``'s output.
+
+    Raises:
+        RuntimeError: it is not wrk's (no requests/s, or no latencies though it made requests).
+
+    """
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     requests = re.search(r"(\d+) requests in", out)
     p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -177,16 +209,13 @@ def wrk(port: int, seconds: int, server_pid: int) -> Run:
     count = int(errors.group(1)) if errors else 0
     if socket_errors:
         count += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-    return Run(
+    return WrkOutput(
         float(rps.group(1)),
+        int(requests.group(1)),
         float(p50.group(1)) * UNITS[p50.group(2)] if p50 else math.nan,
         float(p99.group(1)) * UNITS[p99.group(2)] if p99 else math.nan,
         count,
         int(timeouts.group(1)) if timeouts else 0,
-        int(requests.group(1)),
-        foreign,
-        foreign_load,
-        server_cpu / max(1, int(requests.group(1))),
     )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
+import math
 import shutil
 import statistics
 import subprocess
@@ -43,7 +43,7 @@ import time
 from typing import NamedTuple
 
 from _workers_apps import KINDS, Pool
-from http_throughput import CONNECTIONS, UNITS, WRK_TIMEOUT, load_average
+from http_throughput import CONNECTIONS, WRK_TIMEOUT, load_average, read_wrk
 
 #: Rounds per set of pools; each block starts all three afresh.
 BLOCK = 4
@@ -78,21 +78,14 @@ def wrk(pool: Pool, seconds: int) -> Run:
     workers = set(pool.workers())
     spent = {p: ns - before.get(p, 0) for p, ns in after.items()}
     by_worker = [ns for p, ns in spent.items() if p in workers]
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    requests = re.search(r"(\d+) requests in", out)
-    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    if rps is None or requests is None or p99 is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    count = int(errors.group(1)) if errors else 0
-    if socket_errors:
-        count += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    got = read_wrk(out)
+    if math.isnan(got.p99):
+        raise RuntimeError(f"wrk made no request:\n{out}")
     return Run(
-        float(rps.group(1)),
-        float(p99.group(1)) * UNITS[p99.group(2)],
-        count,
-        sum(spent.values()) / 1e9 / max(1, int(requests.group(1))),
+        got.rps,
+        got.p99,
+        got.errors,
+        sum(spent.values()) / 1e9 / max(1, got.requests),
         max(by_worker, default=0) / max(1, sum(by_worker)),
     )
 
