@@ -334,7 +334,8 @@ class Supervisor:
                 ended = await unless_forced(registration.deregister(rec), budget, self._forced)
                 if ended == "timeout":
                     rec.timed_out(f"registry {registration.label} (timeout {budget:.3g}s)")
-            self._tell_registered(False)
+            if registration.deregistered:  # else it may well still be there: the App's rule too
+                self._tell_registered(False)
         else:
             seq.skip("deregister", "not registered")
 
